@@ -1,0 +1,40 @@
+# make run: execute the notebook end to end (sets up .venv and data first)
+# make test: the test suite, including the notebook under nbval and the browser test
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+NOTEBOOK := bmi219_autoencoder.ipynb
+
+.PHONY: run test lab results bench data browser venv clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+data: venv
+	$(PY) ae_helpers.py fetch
+
+# Debian's Chromium for the browser test (Playwright cannot download its own browsers here).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+run: data
+	$(PY) -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=3600 $(NOTEBOOK)
+
+test: data browser
+	AE_QUICK=1 $(PY) -m pytest tests --nbval-lax $(NOTEBOOK) -v -p no:cacheprovider
+
+lab: data
+	$(PY) -m jupyter lab $(NOTEBOOK)
+
+results: data
+	$(PY) ae_helpers.py experiments
+
+bench: data
+	$(PY) benchmarks/bench_training.py
+
+clean:
+	rm -rf $(VENV) test-artifacts runs
