@@ -161,13 +161,10 @@ def fetch_mnist(root="data", verbose=True) -> Path:
                 print(f"Fetching {', '.join(needed)} from the {source} ...", flush=True)
             try:
                 got = fetch(Path(tmp))
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
+            except Exception as exc:  # a failed source is reported below, then the next is tried
+                if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                     raise DataError(f"no space left on the device holding {raw}: MNIST needs about 55 MB. "
                                     "Free some space or choose another folder (fetch_mnist(root=...)).") from None
-                tried.append(f"{source}: {exc}")
-                continue
-            except Exception as exc:  # a failed source is reported below, then the next is tried
                 tried.append(f"{source}: {type(exc).__name__}: {str(exc).strip()[:200]}")
                 continue
             bad = {name: _problem(got / name) for name in needed}
@@ -522,7 +519,8 @@ def train(config: RunConfig, data: MNIST | None = None, run_dir=None, device="au
     tracking = {"epochs": [], "test": [], "train": [],
                 "test_originals": _snapshot(nn.Identity(), track["test"], data),
                 "train_originals": _snapshot(nn.Identity(), track["train"], data)}
-    best = {"val": math.inf, "epoch": 0, "state": None}
+    best = {"val": math.inf, "epoch": 0,  # until an epoch beats it, the initial weights are the best
+            "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
     start_epoch = 1
 
     checkpoint = run_dir / "checkpoint.pt" if run_dir else None
@@ -597,15 +595,13 @@ def train(config: RunConfig, data: MNIST | None = None, run_dir=None, device="au
                                        "scheduler": scheduler.state_dict() if scheduler else None,
                                        "history": history, "tracking": tracking, "best": best})
 
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
+    model.load_state_dict(best["state"])
     model.eval()
     tracking = {**tracking, "test": torch.stack(tracking["test"]), "train": torch.stack(tracking["train"])}
     metrics = {"epochs_run": len(history["epoch"]), "best_epoch": best["epoch"], "diverged": diverged,
                "seconds": round(sum(history["seconds"]), 1), "device": _device_name(device)}
     metrics["samples_per_second"] = round(n * metrics["epochs_run"] / max(metrics["seconds"], 1e-9))
-    if not diverged or best["state"] is not None:
-        metrics.update(measure_run(model, data, train_idx, val_idx))
+    metrics.update(measure_run(model, data, train_idx, val_idx))
     run = Run(config, model, history, metrics, tracking, run_dir)
     if run_dir:
         save_run(run)

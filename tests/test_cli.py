@@ -1,0 +1,44 @@
+"""The command line: bad values and unknown flags exit 2 with usage, never a traceback."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "ae_helpers.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train", "--out", "x", "--layers", "100", "0"], "layer_sizes must be a non-empty list of positive integers"),
+    (["train", "--out", "x", "--layers", "1.5"], "invalid int value"),
+    (["train", "--out", "x", "--lr", "-1"], "lr must be a positive number"),
+    (["train", "--out", "x", "--optimizer", "lbfgs"], "invalid choice"),
+    (["train", "--out", "x", "--epochs", "-3"], "epochs must be an integer >= 0"),
+    (["train", "--out", "x", "--device", "tpu"], "choose 'auto', 'cpu' or 'cuda'"),
+    (["train", "--out", "x", "--dropout", "0.5"], "unrecognized arguments: --dropout"),
+    (["experiments", "--only", "default_layers/nope"], "unknown run"),
+])
+def test_bad_input_exits_2_with_usage(args, words):
+    result = _cli(*args)
+    assert result.returncode == 2
+    assert "usage:" in result.stderr and words in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_experiments_list_names_every_run():
+    result = _cli("experiments", "--list")
+    assert result.returncode == 0
+    assert "default_layers/adam_lr5e-4" in result.stdout and "mynet/adam_lr5e-4" in result.stdout
+
+
+def test_train_writes_a_finished_run_folder(tmp_path):
+    out = tmp_path / "cli_run"
+    result = _cli("train", "--out", str(out), "--layers", "32", "2", "--epochs", "1", "--subset", "1000")
+    assert result.returncode == 0, result.stderr
+    for name in ("config.json", "history.csv", "model.pt", "metrics.json", "learning_curve.png",
+                 "latent_space.png", "test_data_tracking/epoch_001.png"):
+        assert (out / name).is_file(), name

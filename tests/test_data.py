@@ -1,0 +1,157 @@
+"""The data path: real MNIST verified by SHA-256, and clear errors for every bad file."""
+import gzip
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import ae_helpers as ah
+from conftest import ROOT
+
+LABELS = "t10k-labels-idx1-ubyte"
+
+
+def test_real_mnist_counts_shapes_and_normalization(mnist):
+    assert mnist.train_images.shape == (60000, 784) and mnist.test_images.shape == (10000, 784)
+    assert mnist.train_images.dtype == torch.float32 and mnist.train_labels.dtype == torch.int64
+    assert set(mnist.train_labels.unique().tolist()) == set(range(10))
+    assert round(mnist.pixel_mean, 4) == 0.1307 and round(mnist.pixel_std, 4) == 0.3081
+    assert abs(mnist.train_images.mean().item()) < 1e-4 and abs(mnist.train_images.std().item() - 1) < 1e-4
+    pixels = mnist.to_pixels(mnist.test_images)
+    assert pixels.min().item() > -1e-5 and pixels.max().item() < 1 + 1e-5
+
+
+def test_torchvision_reads_the_same_files(mnist):
+    from torchvision import datasets
+    tv = datasets.MNIST(str(ROOT / "data"), train=False, download=False)
+    image, label = tv[7]
+    assert label == mnist.test_labels[7].item()
+    pixels = torch.tensor(np.array(image), dtype=torch.float32).reshape(-1) / 255
+    assert torch.allclose(pixels, mnist.to_pixels(mnist.test_images[7]), atol=1e-5)
+
+
+def test_unnormalized_loading_keeps_pixels_in_unit_range():
+    raw = ah.load_mnist(ROOT / "data", normalize=False)
+    assert raw.mean == 0.0 and raw.std == 1.0
+    assert raw.train_images.min().item() == 0.0 and raw.train_images.max().item() == 1.0
+
+
+@pytest.fixture
+def copy_root(tmp_path, raw_dir):
+    """A data root holding a copy of the real files (images as hard links: never modified)."""
+    dest = ah.raw_folder(tmp_path)
+    dest.mkdir(parents=True)
+    for name in ah.MNIST_FILES:
+        if "labels" in name:
+            shutil.copy(raw_dir / name, dest / name)
+        else:
+            os.link(raw_dir / name, dest / name)
+    return tmp_path
+
+
+def _damage(path, how):
+    data = path.read_bytes()
+    if how == "missing":
+        path.unlink()
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "corrupted":
+        path.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    elif how == "gzip":
+        path.write_bytes(gzip.compress(data))
+    elif how == "wrong format":
+        path.write_bytes(b"\x00\x00\x08\x03" + data[4:])
+
+
+@pytest.mark.parametrize("how, words", [
+    ("missing", "file is missing"), ("truncated", "truncated"), ("corrupted", "SHA-256 mismatch"),
+    ("gzip", "gzip-compressed"), ("wrong format", "magic number"),
+])
+def test_bad_file_is_named_explained_and_never_loaded(copy_root, how, words):
+    path = ah.raw_folder(copy_root) / LABELS
+    _damage(path, how)
+    with pytest.raises(ah.DataError) as err:
+        ah.load_mnist(copy_root, download=False)
+    message = str(err.value)
+    assert LABELS in message and words in message
+    assert "fetch" in message  # says what to do
+
+
+def test_fetch_replaces_an_invalid_file_from_a_source(copy_root, raw_dir, monkeypatch):
+    _damage(ah.raw_folder(copy_root) / LABELS, "corrupted")
+    monkeypatch.setattr(ah, "_SOURCES", {"local copy": _copy_source(raw_dir)})
+    ah.fetch_mnist(copy_root, verbose=False)
+    ah.check_mnist_file(ah.raw_folder(copy_root) / LABELS)
+
+
+def _copy_source(raw_dir, corrupt=False):
+    def fetch(tmp):
+        out = tmp / "src"
+        out.mkdir()
+        for name in ah.MNIST_FILES:
+            shutil.copy(raw_dir / name, out / name)
+        if corrupt:
+            _damage(out / LABELS, "corrupted")
+        return out
+    return fetch
+
+
+def test_source_with_bad_files_is_rejected_and_nothing_moved(tmp_path, raw_dir, monkeypatch):
+    monkeypatch.setattr(ah, "_SOURCES", {"bad mirror": _copy_source(raw_dir, corrupt=True)})
+    with pytest.raises(ah.DataError) as err:
+        ah.fetch_mnist(tmp_path, verbose=False)
+    message = str(err.value)
+    assert "bad mirror" in message and "failed verification" in message and "by hand" in message
+    assert not any((ah.raw_folder(tmp_path) / name).exists() for name in ah.MNIST_FILES)
+
+
+def test_all_sources_failing_lists_what_was_tried(tmp_path, monkeypatch):
+    def offline(tmp):
+        raise ConnectionError("no network")
+    monkeypatch.setattr(ah, "_SOURCES", {"mirror A": offline, "mirror B": offline})
+    with pytest.raises(ah.DataError) as err:
+        ah.fetch_mnist(tmp_path, verbose=False)
+    assert "mirror A: ConnectionError: no network" in str(err.value) and "mirror B" in str(err.value)
+
+
+def test_unwritable_data_folder(tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the data folder should be")
+    with pytest.raises(ah.DataError, match="cannot write to the data folder"):
+        ah.fetch_mnist(blocker, verbose=False)
+
+
+def test_full_disk_is_reported(tmp_path, monkeypatch):
+    def full(tmp):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(ah, "_SOURCES", {"mirror": full})
+    with pytest.raises(ah.DataError, match="no space left"):
+        ah.fetch_mnist(tmp_path, verbose=False)
+
+
+def test_killed_fetch_leaves_no_file_that_passes_for_valid(tmp_path, raw_dir):
+    # A source that writes half of each file, then the process is killed.
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {str(ROOT)!r})
+import ae_helpers as ah
+def half(tmp):
+    out = tmp / "src"; out.mkdir()
+    for name in ah.MNIST_FILES:
+        data = open({str(raw_dir)!r} + "/" + name, "rb").read()
+        (out / name).write_bytes(data[: len(data) // 2])
+    os.kill(os.getpid(), signal.SIGKILL)
+ah._SOURCES = {{"slow": half}}
+ah.fetch_mnist({str(tmp_path)!r})
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    raw = ah.raw_folder(tmp_path)
+    assert not any((raw / name).exists() for name in ah.MNIST_FILES)
+    with pytest.raises(ah.DataError, match="missing"):
+        ah.load_mnist(tmp_path, download=False)

@@ -1,0 +1,41 @@
+"""Latent-space measures against brute-force references, and the PCA-2 baseline on real data."""
+import numpy as np
+import pytest
+import torch
+
+import ae_helpers as ah
+
+
+def _brute_silhouette(codes, labels):
+    d = np.linalg.norm(codes[:, None] - codes[None], axis=-1)
+    scores = []
+    for i in range(len(codes)):
+        own = labels == labels[i]
+        a = d[i, own].sum() / max(own.sum() - 1, 1)
+        b = min(d[i, labels == k].mean() for k in set(labels.tolist()) if k != labels[i])
+        scores.append((b - a) / max(a, b))
+    return float(np.mean(scores))
+
+
+def test_silhouette_matches_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(10).repeat(20)
+    codes = torch.randn(200, 2, generator=gen) + labels[:, None].float() * torch.tensor([1.0, 0.3])
+    assert ah.silhouette_score(codes, labels, chunk=37) == pytest.approx(
+        _brute_silhouette(codes.double().numpy(), labels.numpy()), abs=1e-5)
+
+
+def test_knn_accuracy_separated_and_random():
+    labels = torch.arange(10).repeat(50)
+    centres = torch.randn(10, 2) * 100
+    codes = centres[labels] + torch.randn(500, 2)
+    assert ah.knn_accuracy(codes, labels, codes + 0.01, labels) == 1.0
+    shuffled = labels[torch.randperm(500, generator=torch.Generator().manual_seed(1))]
+    assert ah.knn_accuracy(codes, shuffled, codes, labels) < 0.3
+
+
+def test_pca2_baseline_on_real_mnist(mnist):
+    # DESIGN.md: PCA-2 on this data gives test MSE 0.587 and 5-NN accuracy 0.424.
+    baseline = ah.pca_baseline(mnist)
+    assert baseline["test_mse"] == pytest.approx(0.587, abs=0.002)
+    assert baseline["knn5_accuracy"] == pytest.approx(0.424, abs=0.005)

@@ -1,0 +1,65 @@
+"""The model's shape and the config's validation."""
+import pytest
+import torch
+from torch import nn
+
+import ae_helpers as ah
+
+
+def test_default_architecture_is_mirrored_with_linear_bottleneck_and_output():
+    model = ah.Autoencoder()
+    enc = [m.out_features for m in model.encoder if isinstance(m, nn.Linear)]
+    dec = [m.out_features for m in model.decoder if isinstance(m, nn.Linear)]
+    assert enc == [1000, 500, 250, 2] and dec == [250, 500, 1000, 784]
+    assert isinstance(model.encoder[-1], nn.Linear) and isinstance(model.decoder[-1], nn.Linear)
+    assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 6
+    assert ah.count_parameters(model) == 2 * (784 * 1000 + 1000 * 500 + 500 * 250 + 250 * 2) + \
+        (1000 + 500 + 250 + 2) + (250 + 500 + 1000 + 784)
+    x = torch.randn(5, 784)
+    assert model.encode(x).shape == (5, 2) and model(x).shape == (5, 784)
+    assert torch.equal(model(x), model.decode(model.encode(x)))
+
+
+@pytest.mark.parametrize("activation", sorted(ah.ACTIVATIONS))
+def test_activation_choice_is_used(activation):
+    model = ah.Autoencoder((16, 2), activation)
+    assert any(isinstance(m, ah.ACTIVATIONS[activation]) for m in model.modules())
+
+
+@pytest.mark.parametrize("sizes", [(), (0, 2), (100, -2), (100, 2.5), "100,2", (True, 2), None])
+def test_bad_layer_sizes(sizes):
+    with pytest.raises(ValueError, match="layer_sizes must be a non-empty list of positive integers"):
+        ah.RunConfig(layer_sizes=sizes)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("activation", "swish", "choose one of relu, sigmoid, tanh, leaky_relu"),
+    ("optimizer", "lbfgs", "choose one of adam, adamw, sgd, sgd_momentum, rmsprop, rprop"),
+    ("loss", "bce", "choose one of mse, l1"),
+    ("schedule", "step", "choose one of constant, cosine"),
+    ("lr", 0, "lr must be a positive number"),
+    ("lr", -1e-3, "lr must be a positive number"),
+    ("lr", float("nan"), "lr must be a positive number"),
+    ("batch_size", 0, "batch_size must be a positive integer"),
+    ("batch_size", 12.5, "batch_size must be a positive integer"),
+    ("epochs", -1, "epochs must be an integer >= 0"),
+])
+def test_bad_config_values_name_the_field_and_choices(field, value, words):
+    with pytest.raises(ValueError, match=words):
+        ah.RunConfig(**{field: value})
+
+
+def test_config_round_trips_through_json_dict():
+    config = ah.RunConfig(layer_sizes=[500, 200, 2], lr=1e-3)
+    assert ah.RunConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown config fields"):
+        ah.RunConfig.from_dict({**config.to_dict(), "dropout": 0.5})
+
+
+def test_devices():
+    assert ah.resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="choose 'auto', 'cpu' or 'cuda'"):
+        ah.resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            ah.resolve_device("cuda")

@@ -1,0 +1,57 @@
+"""The project's own files agree: pins, CI entry point, README commands, committed results."""
+import csv
+import json
+import re
+
+import pytest
+import torch
+
+import ae_helpers as ah
+from conftest import ROOT
+
+
+def _pins(text):
+    return dict(re.findall(r"^\s*-?\s*([A-Za-z0-9_.\-]+)==([^\s#]+)", text, re.M))
+
+
+def test_environment_yml_pins_the_same_packages_as_requirements():
+    requirements = _pins((ROOT / "requirements.txt").read_text())
+    conda = _pins((ROOT / "environment.yml").read_text())
+    assert requirements and requirements == conda
+    assert requirements["torch"] == "2.14.1" and requirements["torchvision"] == "0.29.1"
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "make test" in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", ah.COMMITTED_WEIGHTS)
+def test_committed_weights_reproduce_their_metrics(mnist, name):
+    run = ah.load_run(ROOT / name, require_model=True)
+    train_idx, val_idx = ah.split_indices()
+    measured = ah.measure_run(run.model, mnist, train_idx, val_idx)
+    for key in ("train_mse", "test_mse", "knn5_accuracy"):
+        assert measured[key] == pytest.approx(run.metrics[key], abs=2e-4), key
+
+
+@pytest.mark.parametrize("group", ["default_layers", "mynet"])
+def test_summaries_match_the_run_folders(group):
+    with open(ROOT / group / "summary.csv") as f:
+        rows = {row["run"]: row for row in csv.DictReader(f)}
+    runs = [n for n in ah.EXPERIMENTS if n.startswith(group + "/")]
+    assert runs
+    for name in runs:
+        metrics = json.loads((ROOT / name / "metrics.json").read_text())
+        row = rows[name.split("/", 1)[1]]
+        assert float(row["test_mse"]) == metrics["test_mse"] and int(row["epochs"]) == metrics["epochs_run"]
+        config = ah.RunConfig.from_dict(json.loads((ROOT / name / "config.json").read_text()))
+        assert config == ah.EXPERIMENTS[name], f"{name} was trained with another config than EXPERIMENTS"
+    assert "PCA-2 baseline" in rows
+
+
+def test_readme_figures_match_the_committed_results():
+    readme = (ROOT / "README.md").read_text()
+    for name in ah.COMMITTED_WEIGHTS:
+        metrics = json.loads((ROOT / name / "metrics.json").read_text())
+        assert f"{metrics['test_mse']:.4f}" in readme, f"README does not quote {name}'s test MSE"

@@ -1,0 +1,136 @@
+"""Training: reproducible, resumable after a kill, stops on divergence, loads safely."""
+import json
+import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+import torch
+
+import ae_helpers as ah
+from conftest import ROOT
+
+
+def test_same_seed_same_losses_other_seed_other_losses(mnist, small_config):
+    first = ah.train(small_config, mnist, progress=False)
+    again = ah.train(small_config, mnist, progress=False)
+    other = ah.train(ah.RunConfig(**{**small_config.to_dict(), "seed": 1}), mnist, progress=False)
+    assert first.history["train_loss"] == again.history["train_loss"]
+    assert first.history["test_loss"] == again.history["test_loss"]
+    assert first.history["train_loss"] != other.history["train_loss"]
+
+
+def test_training_reduces_loss_and_keeps_best_validation_weights(mnist, small_config):
+    run = ah.train(small_config, mnist, progress=False)
+    h = run.history
+    assert h["train_loss"][-1] < h["train_loss"][0] and h["val_loss"][-1] < h["val_loss"][0]
+    best = min(range(len(h["val_loss"])), key=h["val_loss"].__getitem__)
+    assert run.metrics["best_epoch"] == h["epoch"][best]
+    assert run.metrics["val_mse"] == pytest.approx(h["val_loss"][best], rel=1e-4)
+    assert 0 < run.metrics["knn5_accuracy"] <= 1
+
+
+def test_run_folder_is_complete_and_loads(mnist, small_config, tmp_path):
+    run = ah.train(small_config, mnist, run_dir=tmp_path / "run", progress=False)
+    assert ah.run_is_complete(tmp_path / "run", small_config)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    loaded = ah.load_run(tmp_path / "run")
+    assert loaded.config == small_config and loaded.metrics == run.metrics
+    assert loaded.history["train_loss"] == pytest.approx(run.history["train_loss"])
+    x = mnist.test_images[:10]
+    assert torch.equal(loaded.model(x), run.model(x))
+    assert loaded.tracking["epochs"] == [0, 1, 2, 3] and loaded.tracking["test"].shape == (4, 10, 784)
+
+
+def test_get_run_retrains_a_folder_trained_with_another_config(mnist, small_config, tmp_path, capsys):
+    ah.train(small_config, mnist, run_dir=tmp_path / "run", progress=False)
+    other = ah.RunConfig(**{**small_config.to_dict(), "lr": 1e-3})
+    run = ah.get_run(other, tmp_path / "run", mnist, progress=False)
+    assert "trained with another config; retraining" in capsys.readouterr().out
+    assert run.config == other and ah.RunConfig.from_dict(
+        json.loads((tmp_path / "run" / "config.json").read_text())) == other
+    missing = ah.get_run(small_config, tmp_path / "absent", mnist, progress=False)
+    assert ah.run_is_complete(tmp_path / "absent", small_config) and missing.model is not None
+
+
+def test_divergence_stops_warns_keeps_best_weights_and_plots_finite_part(mnist, small_config):
+    config = ah.RunConfig(**{**small_config.to_dict(), "optimizer": "sgd_momentum", "lr": 20.0, "epochs": 6})
+    with pytest.warns(RuntimeWarning, match="training diverged at epoch .* smaller learning rate"):
+        run = ah.train(config, mnist, progress=False)
+    losses = run.history["train_loss"]
+    assert run.metrics["diverged"] and not math.isfinite(losses[-1]) and len(losses) < 6
+    assert all(torch.isfinite(p).all() for p in run.model.parameters())
+    fig = ah.plot_learning_curves({"diverged": run})
+    for line in fig.axes[0].lines:
+        assert all(math.isfinite(y) for y in line.get_ydata())
+
+
+SLOW_RUN = dict(layer_sizes=[256, 2], epochs=6, train_subset=20000, batch_size=32, track_every=2)
+
+
+def test_killed_run_is_not_finished_and_resumes_to_the_same_result(mnist, tmp_path):
+    run_dir = tmp_path / "killed"
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import ae_helpers as ah; "
+              f"ah.train(ah.RunConfig(**{SLOW_RUN!r}), ah.load_mnist({str(ROOT / 'data')!r}), "
+              f"run_dir={str(run_dir)!r}, progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (run_dir / "checkpoint.pt").exists() and (run_dir / "config.json").exists()
+    assert not ah.run_is_complete(run_dir)
+    with pytest.raises(FileNotFoundError, match="holds no finished run"):
+        ah.load_run(run_dir)
+    done_epochs = torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"]
+    assert 1 <= done_epochs < SLOW_RUN["epochs"]
+
+    config = ah.RunConfig(**SLOW_RUN)
+    resumed = ah.train(config, mnist, run_dir=run_dir, progress=False)
+    straight = ah.train(config, mnist, progress=False)
+    assert resumed.history["train_loss"] == straight.history["train_loss"]
+    assert resumed.history["val_loss"] == straight.history["val_loss"]
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(),
+                                                  straight.model.state_dict().values()))
+    assert ah.run_is_complete(run_dir, config)
+
+
+def test_weights_of_another_architecture_or_not_a_checkpoint(tmp_path):
+    torch.save(ah.Autoencoder((500, 200, 2)).state_dict(), tmp_path / "mynet.pt")
+    with pytest.raises(ValueError, match="weights of another architecture than 1000-500-250-2"):
+        ah.load_weights(ah.Autoencoder(), tmp_path / "mynet.pt")
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="not a weights file"):
+        ah.load_weights(ah.Autoencoder(), tmp_path / "notes.pt")
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_loading_never_runs_pickled_code(tmp_path):
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"encoder.0.weight": _Exploit(marker)}, f)
+    with pytest.raises(ValueError, match="not a weights file"):
+        ah.load_weights(ah.Autoencoder(), tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_quick_config_shrinks_only_in_quick_mode(monkeypatch):
+    config = ah.RunConfig()
+    monkeypatch.setattr(ah, "QUICK", False)
+    assert ah.quick_config(config) is config
+    monkeypatch.setattr(ah, "QUICK", True)
+    quick = ah.quick_config(config)
+    assert quick.epochs == 2 and quick.train_subset == 5000 and quick.layer_sizes == config.layer_sizes
