@@ -46,7 +46,7 @@ def test_click_decodes_exactly_that_point(explorer, mnist):
         expected = _expected(explorer, mnist, event.xdata, event.ydata)
         assert explorer.last_point == pytest.approx((x, y), abs=1e-6 * (x1 - x0 + y1 - y0) + 1e-4)
         np.testing.assert_allclose(explorer.last_image, expected, atol=1e-6)
-        np.testing.assert_allclose(_png_pixels(explorer.image.value), expected, atol=1 / 255 + 1e-3)
+        np.testing.assert_allclose(_png_pixels(explorer.image.value), expected, atol=0.5 / 255 + 1e-6)
         assert f"x = {event.xdata:.5f}" in explorer.coords.value
         assert list(explorer.marker.get_xdata()) == [event.xdata]
         shown.append(explorer.image.value)
