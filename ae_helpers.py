@@ -918,6 +918,10 @@ def plot_latent(codes, labels, title="Test set in the latent plane", ax=None, s=
     for digit in range(10):
         mask = labels == digit
         ax.scatter(codes[mask, 0], codes[mask, 1], s=s, color=cmap(digit), label=str(digit), rasterized=True)
+    xmin, xmax, ymin, ymax = latent_extent(codes, 0.002)  # a few far outliers would squash the rest
+    pad_x, pad_y = 0.05 * (xmax - xmin), 0.05 * (ymax - ymin)
+    ax.set_xlim(xmin - pad_x, xmax + pad_x)
+    ax.set_ylim(ymin - pad_y, ymax + pad_y)
     ax.set_xlabel("latent dimension 1")
     ax.set_ylabel("latent dimension 2")
     ax.set_title(title)
@@ -1099,7 +1103,7 @@ def explore(run_dir="default_layers/adam_lr5e-4", data: MNIST | None = None) -> 
     data = data if data is not None else load_mnist(normalize=run.config.normalize)
     codes = encode(run.model, data.test_images)
     return LatentExplorer(run.model, codes, data.test_labels, data,
-                          title=f"{Path(run_dir).as_posix()}: click to decode")
+                          title=f"{Path(run_dir).parent.name}/{Path(run_dir).name}: click to decode")
 
 
 # ----------------------------------------------------------------------------

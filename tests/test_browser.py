@@ -70,11 +70,11 @@ def jupyterlab(tmp_path):
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
-         f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", "--LabApp.expose_app_in_browser=True"],
+         f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", "--LabApp.expose_app_in_browser=True", "--allow-root"],
         stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
-    while time.time() < deadline:
+    while time.time() < deadline and server.poll() is None:
         try:
             urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
             break
@@ -126,7 +126,7 @@ def test_clicks_in_jupyterlab_decode_the_clicked_points(jupyterlab):
             page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
             canvas = page.locator(".jupyter-matplotlib-canvas-div canvas").first
             canvas.wait_for(state="visible", timeout=120000)
-            axes_text = page.get_by_text(re.compile("AXES=")).first
+            axes_text = page.locator(".jp-OutputArea-output", has_text="AXES=").first
             axes_text.wait_for(timeout=120000)
             axes = json.loads(axes_text.inner_text().split("AXES=", 1)[1].strip())
             page.wait_for_timeout(1000)  # let the canvas draw its first frame
