@@ -1,0 +1,34 @@
+"""The benchmark's roofline arithmetic, checked against PyTorch's own FLOP counter."""
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import ae_helpers as ah
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_training  # noqa: E402
+
+
+def test_flop_per_sample_matches_pytorch_flop_counter():
+    model = ah.Autoencoder()
+    batch = torch.randn(4, 784)
+    with FlopCounterMode(display=False) as counter:
+        loss = F.mse_loss(model(batch), batch)
+        loss.backward()
+    assert bench_training.flop_per_sample(model) * len(batch) == counter.get_total_flops()
+
+
+def test_project_path_trains_the_same_as_the_training_loop(mnist):
+    # the benchmark's B path is ah.train_epoch: one epoch of it equals train()'s first epoch
+    config = ah.RunConfig(layer_sizes=(32, 2), epochs=1, train_subset=1000, batch_size=100)
+    run = ah.train(config, mnist, progress=False)
+    torch.manual_seed(config.seed)
+    model = ah.Autoencoder(config.layer_sizes)
+    train_idx, _ = ah.split_indices()
+    images = mnist.train_images[train_idx[:1000]]
+    order = torch.randperm(1000, generator=torch.Generator().manual_seed(config.seed * 100003 + 1))
+    total = ah.train_epoch(model, ah.make_optimizer(model, config), images, order, 100)
+    assert total.item() / 1000 == run.history["train_loss"][0]
