@@ -391,17 +391,20 @@ class RunConfig:
 
 
 def resolve_device(device="auto") -> torch.device:
-    """'auto' -> CUDA when available, else CPU. A device that does not exist is a ValueError."""
+    """'auto' -> CUDA, then Apple's MPS, then CPU. A device that does not exist is a ValueError."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; choose 'auto', 'cpu' or 'cuda'.") from None
+        raise ValueError(f"unknown device {device!r}; choose 'auto', 'cpu', 'cuda' or 'mps'.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available here; use 'cpu' or 'auto'.")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r} is not supported; choose 'auto', 'cpu' or 'cuda'.")
+    if dev.type == "mps" and not mps:
+        raise ValueError(f"device {device!r} requested but MPS is not available here; use 'cpu' or 'auto'.")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r} is not supported; choose 'auto', 'cpu', 'cuda' or 'mps'.")
     return dev
 
 
@@ -1246,6 +1249,13 @@ def write_summaries(root=PROJECT_ROOT, data: MNIST | None = None) -> None:
 # Command line
 # ----------------------------------------------------------------------------
 
+def _layer_list(text):
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"layer sizes must be integers such as 1000,500,250,2, got {text!r}") from None
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog="ae_helpers.py", description="MNIST autoencoder tools.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1254,7 +1264,8 @@ def _parser():
     tr = sub.add_parser("train", help="train one run into a run folder")
     tr.add_argument("--out", required=True, help="run folder to write")
     defaults = RunConfig()
-    tr.add_argument("--layers", type=int, nargs="+", default=list(defaults.layer_sizes))
+    tr.add_argument("--layers", type=_layer_list, nargs="+", default=[list(defaults.layer_sizes)],
+                    help="encoder sizes down to the code, e.g. 1000,500,250,2 (default) or 500 200 2")
     tr.add_argument("--activation", default=defaults.activation, choices=sorted(ACTIVATIONS))
     tr.add_argument("--optimizer", default=defaults.optimizer, choices=OPTIMIZERS)
     tr.add_argument("--loss", default=defaults.loss, choices=LOSSES)
@@ -1287,7 +1298,7 @@ def main(argv=None) -> int:
             fetch_mnist(args.root)
         elif args.command == "train":
             resolve_device(args.device)
-            config = RunConfig(layer_sizes=tuple(args.layers), activation=args.activation, optimizer=args.optimizer,
+            config = RunConfig(layer_sizes=tuple(size for group in args.layers for size in group), activation=args.activation, optimizer=args.optimizer,
                                loss=args.loss, schedule=args.schedule, lr=args.lr, batch_size=args.batch_size,
                                epochs=args.epochs, seed=args.seed, train_subset=args.subset,
                                weight_decay=args.weight_decay, bf16=args.bf16)

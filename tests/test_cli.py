@@ -1,4 +1,5 @@
 """The command line: bad values and unknown flags exit 2 with usage, never a traceback."""
+import json
 import subprocess
 import sys
 
@@ -14,11 +15,12 @@ def _cli(*args):
 
 @pytest.mark.parametrize("args, words", [
     (["train", "--out", "x", "--layers", "100", "0"], "layer_sizes must be a non-empty list of positive integers"),
-    (["train", "--out", "x", "--layers", "1.5"], "invalid int value"),
+    (["train", "--out", "x", "--layers", "1.5"], "layer sizes must be integers"),
+    (["train", "--out", "x", "--layers", "500,x,2"], "layer sizes must be integers"),
     (["train", "--out", "x", "--lr", "-1"], "lr must be a positive number"),
     (["train", "--out", "x", "--optimizer", "lbfgs"], "invalid choice"),
     (["train", "--out", "x", "--epochs", "-3"], "epochs must be an integer >= 0"),
-    (["train", "--out", "x", "--device", "tpu"], "choose 'auto', 'cpu' or 'cuda'"),
+    (["train", "--out", "x", "--device", "tpu"], "choose 'auto', 'cpu', 'cuda' or 'mps'"),
     (["train", "--out", "x", "--dropout", "0.5"], "unrecognized arguments: --dropout"),
     (["experiments", "--only", "default_layers/nope"], "unknown run"),
 ])
@@ -37,8 +39,9 @@ def test_experiments_list_names_every_run():
 
 def test_train_writes_a_finished_run_folder(tmp_path):
     out = tmp_path / "cli_run"
-    result = _cli("train", "--out", str(out), "--layers", "32", "2", "--epochs", "1", "--subset", "1000")
+    result = _cli("train", "--out", str(out), "--layers", "32,2", "--epochs", "1", "--subset", "1000")
     assert result.returncode == 0, result.stderr
     for name in ("config.json", "history.csv", "model.pt", "metrics.json", "learning_curve.png",
                  "latent_space.png", "test_data_tracking/epoch_001.png"):
         assert (out / name).is_file(), name
+    assert json.loads((out / "config.json").read_text())["layer_sizes"] == [32, 2]

@@ -58,7 +58,7 @@ def test_config_round_trips_through_json_dict():
 
 def test_devices():
     assert ah.resolve_device("cpu").type == "cpu"
-    with pytest.raises(ValueError, match="choose 'auto', 'cpu' or 'cuda'"):
+    with pytest.raises(ValueError, match="choose 'auto', 'cpu', 'cuda' or 'mps'"):
         ah.resolve_device("gpu0")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
