@@ -1185,7 +1185,7 @@ EXPERIMENTS = {
                                                     optimizer="adamw", weight_decay=0.05),
     "default_layers/adam_lr5e-4_cosine": RunConfig(epochs=MAIN_EPOCHS, schedule="cosine"),
 }
-COMMITTED_WEIGHTS = ("default_layers/adam_lr5e-4", "mynet/adam_lr5e-4")
+COMMITTED_WEIGHTS = ("default_layers/adam_lr5e-4", "default_layers/adam_lr5e-4_cosine", "mynet/adam_lr5e-4")
 
 
 def run_experiments(only=None, root=PROJECT_ROOT, redraw=False, force=False, device="auto", progress=True):
