@@ -47,7 +47,8 @@ def test_run_folder_is_complete_and_loads(mnist, small_config, tmp_path):
     assert loaded.tracking["epochs"] == [0, 1, 2, 3] and loaded.tracking["test"].shape == (4, 10, 784)
 
 
-def test_get_run_retrains_a_folder_trained_with_another_config(mnist, small_config, tmp_path, capsys):
+def test_get_run_retrains_a_folder_trained_with_another_config(mnist, small_config, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(ah, "QUICK", False)  # quick mode (make test) would train in a temporary folder
     ah.train(small_config, mnist, run_dir=tmp_path / "run", progress=False)
     other = ah.RunConfig(**{**small_config.to_dict(), "lr": 1e-3})
     run = ah.get_run(other, tmp_path / "run", mnist, progress=False)
