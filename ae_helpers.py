@@ -846,7 +846,7 @@ class PCA2:
     def decode(self, codes):
         return codes @ self.components.T + self.mean
 
-    def parameters(self):
+    def parameters(self):  # lets encode() and measure_run() find the device, as for a model
         return iter([self.mean])
 
     def __call__(self, images):
@@ -1194,7 +1194,7 @@ def run_experiments(only=None, root=PROJECT_ROOT, redraw=False, force=False, dev
     names = list(EXPERIMENTS) if not only else list(only)
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
-        raise ValueError(f"unknown experiment(s) {unknown}; choose from: {', '.join(EXPERIMENTS)}.")
+        raise ValueError(f"unknown run(s) {unknown}; choose from: {', '.join(EXPERIMENTS)}.")
     data = load_mnist(root / "data")
     for i, name in enumerate(names, 1):
         config, run_dir = EXPERIMENTS[name], root / name
@@ -1315,10 +1315,6 @@ def main(argv=None) -> int:
                 state = "finished" if run_is_complete(PROJECT_ROOT / name, config) else "to do"
                 print(f"{name:45s} {config.epochs:4d} epochs  {state}")
         else:
-            if args.only:
-                unknown = [n for n in args.only if n not in EXPERIMENTS]
-                if unknown:
-                    parser.error(f"unknown run(s) {unknown}; choose from: {', '.join(EXPERIMENTS)}")
             resolve_device(args.device)
             run_experiments(args.only, redraw=args.redraw, force=args.force, device=args.device)
     except ValueError as exc:
