@@ -43,6 +43,8 @@ def test_bad_layer_sizes(sizes):
     ("batch_size", 0, "batch_size must be a positive integer"),
     ("batch_size", 12.5, "batch_size must be a positive integer"),
     ("epochs", -1, "epochs must be an integer >= 0"),
+    ("ema", 1.0, r"ema must be a decay in \[0, 1\)"),
+    ("ema", -0.5, r"ema must be a decay in \[0, 1\)"),
 ])
 def test_bad_config_values_name_the_field_and_choices(field, value, words):
     with pytest.raises(ValueError, match=words):

@@ -135,3 +135,43 @@ def test_quick_config_shrinks_only_in_quick_mode(monkeypatch):
     monkeypatch.setattr(ah, "QUICK", True)
     quick = ah.quick_config(config)
     assert quick.epochs == 2 and quick.train_subset == 5000 and quick.layer_sizes == config.layer_sizes
+
+
+def test_weight_average_is_an_exponential_moving_average():
+    model = torch.nn.Linear(3, 2)
+    average = ah.WeightAverage(model, decay=0.9)
+    start = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    average.update(model)
+    for a, s in zip(average.model.parameters(), start):
+        assert torch.allclose(a, s + 0.1) and not a.requires_grad
+
+
+def test_averaged_weights_are_the_ones_evaluated_kept_and_resumed(mnist, small_config, tmp_path, monkeypatch):
+    config = ah.RunConfig(**{**small_config.to_dict(), "ema": 0.99, "epochs": 4})
+    plain = ah.train(small_config, mnist, progress=False)
+    averaged = ah.train(config, mnist, progress=False)
+    # Same steps as the plain run (same seed), but the losses are the average's.
+    assert averaged.history["train_loss"][:3] == plain.history["train_loss"]
+    assert averaged.history["val_loss"][:3] != plain.history["val_loss"]
+    best = averaged.metrics["best_epoch"]
+    assert averaged.metrics["val_mse"] == pytest.approx(averaged.history["val_loss"][best - 1], rel=1e-4)
+
+    # Interrupted after two epochs, then resumed: the average is restored from the checkpoint.
+    real_epoch, calls = ah.train_epoch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+    monkeypatch.setattr(ah, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ah.train(config, mnist, run_dir=tmp_path / "run", progress=False)
+    monkeypatch.setattr(ah, "train_epoch", real_epoch)
+    resumed = ah.train(config, mnist, run_dir=tmp_path / "run", progress=False)
+    assert resumed.history["val_loss"] == averaged.history["val_loss"]
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(),
+                                                  averaged.model.state_dict().values()))
