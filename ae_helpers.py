@@ -1225,6 +1225,11 @@ EXPERIMENTS = {
     # last step's): horizons of about 1,000 and 10,000 steps (2 and 23 epochs).
     "mynet/adam_lr5e-4_ema0.999": RunConfig(layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS, ema=0.999),
     "mynet/adam_lr5e-4_ema0.9999": RunConfig(layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS, ema=0.9999),
+    **{f"mynet/adam_lr5e-4_ema0.999_seed{seed}": RunConfig(layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS,
+                                                           ema=0.999, seed=seed) for seed in (1, 2)},
+    "mynet/adam_lr5e-4_ema0.999_cosine": RunConfig(layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS, ema=0.999,
+                                                   schedule="cosine"),
+    "default_layers/adam_lr5e-4_ema0.999": RunConfig(epochs=MAIN_EPOCHS, ema=0.999),
 }
 COMMITTED_WEIGHTS = ("default_layers/adam_lr5e-4", "default_layers/adam_lr5e-4_cosine", "mynet/adam_lr5e-4")
 

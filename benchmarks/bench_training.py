@@ -76,11 +76,17 @@ def _step_a(model, optimizer, batch):
     optimizer.step()
 
 
-def pipeline_b(steps, data, bf16=False):
-    """This project: in-memory tensors, index-sliced batches, fused Adam: ah.train_epoch itself."""
+def pipeline_b(steps, data, bf16=False, compile=False):
+    """This project: in-memory tensors, index-sliced batches, fused Adam: ah.train_epoch itself.
+
+    ``compile=True`` runs the model through torch.compile (forward and backward
+    fused by Inductor; compilation happens in the warm-up steps, not timed).
+    """
     torch.manual_seed(0)
     model = ah.Autoencoder()
     optimizer = ah.make_optimizer(model, ah.RunConfig())
+    if compile:
+        model = torch.compile(model)
     images = data.train_images[: (steps + 5) * BATCH]
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     ah.train_epoch(model, optimizer, images[:5 * BATCH], order[:5 * BATCH] % (5 * BATCH), BATCH, bf16=bf16)
@@ -88,6 +94,22 @@ def pipeline_b(steps, data, bf16=False):
     total = ah.train_epoch(model, optimizer, images, order[5 * BATCH:], BATCH, bf16=bf16)
     total.item()
     return steps * BATCH / (time.perf_counter() - t0)
+
+
+def optimizer_step_seconds(repeats=50):
+    """Time of one fused Adam step on the default model's parameters (gradients already there).
+
+    It reads and writes every parameter and its two moment buffers, so it costs
+    the same at any batch size and in either precision: a floor under the
+    time of each training step.
+    """
+    model = ah.Autoencoder()
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer = ah.make_optimizer(model, ah.RunConfig())
+    for _ in range(5):
+        optimizer.step()
+    return min(_timed(optimizer.step) for _ in range(repeats))
 
 
 def main():
@@ -98,11 +120,13 @@ def main():
     data = ah.load_mnist(ROOT / "data")
     fps = flop_per_sample(ah.Autoencoder())
     gemm = {"float32": gemm_flops(torch.float32), "bfloat16": gemm_flops(torch.bfloat16)}
-    samples = {"A": [], "B": [], "B_bf16": []}
+    adam = optimizer_step_seconds()
+    samples = {"A": [], "B": [], "B_bf16": [], "B_compiled": []}
     for r in range(args.rounds):
         samples["A"].append(pipeline_a(args.steps))
         samples["B"].append(pipeline_b(args.steps, data))
         samples["B_bf16"].append(pipeline_b(args.steps, data, bf16=True))
+        samples["B_compiled"].append(pipeline_b(args.steps, data, compile=True))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in samples.items()), flush=True)
     median = {k: statistics.median(v) for k, v in samples.items()}
     roofline = {k: g / fps for k, g in gemm.items()}
@@ -118,12 +142,20 @@ def main():
         "ratio_B_bf16_over_A": round(median["B_bf16"] / median["A"], 2),
         "B_percent_of_fp32_roofline": round(100 * median["B"] / roofline["float32"], 1),
         "B_bf16_percent_of_bf16_roofline": round(100 * median["B_bf16"] / roofline["bfloat16"], 1),
+        "ratio_B_compiled_over_B": round(median["B_compiled"] / median["B"], 3),
+        # The step's floor without any matrix multiply: the optimizer alone, and the rate it allows.
+        "adam_step_ms": round(1e3 * adam, 2),
+        "adam_step_share_of_B_step": round(adam / (BATCH / median["B"]), 3),
+        "adam_step_share_of_B_bf16_step": round(adam / (BATCH / median["B_bf16"]), 3),
     }
     print(f"\nFLOP per sample (forward + backward): {fps / 1e6:.2f} M")
     print(f"GEMM: float32 {result['gemm_gflops']['float32']} GFLOP/s, bfloat16 {result['gemm_gflops']['bfloat16']} GFLOP/s")
     for k, v in result["samples_per_s"].items():
         print(f"{k:7s} {v['median']:>8,} samples/s (min {v['min']:,}, max {v['max']:,})")
-    print(f"B/A = {result['ratio_B_over_A']}, B_bf16/A = {result['ratio_B_bf16_over_A']}")
+    print(f"B/A = {result['ratio_B_over_A']}, B_bf16/A = {result['ratio_B_bf16_over_A']}, "
+          f"B_compiled/B = {result['ratio_B_compiled_over_B']}")
+    print(f"fused Adam step alone: {result['adam_step_ms']} ms = {100 * result['adam_step_share_of_B_step']:.0f}% "
+          f"of B's step, {100 * result['adam_step_share_of_B_bf16_step']:.0f}% of B_bf16's")
     print(f"B = {result['B_percent_of_fp32_roofline']}% of the float32 roofline "
           f"({result['roofline_samples_per_s']['float32']:,} samples/s)")
     out = ROOT / "benchmarks" / "results.json"

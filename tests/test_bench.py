@@ -1,6 +1,7 @@
 """The benchmark's roofline arithmetic, checked against PyTorch's own FLOP counter."""
 import sys
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
@@ -32,3 +33,18 @@ def test_project_path_trains_the_same_as_the_training_loop(mnist):
     order = torch.randperm(1000, generator=torch.Generator().manual_seed(config.seed * 100003 + 1))
     total = ah.train_epoch(model, ah.make_optimizer(model, config), images, order, 100)
     assert total.item() / 1000 == run.history["train_loss"][0]
+
+
+def test_compiled_path_learns_the_same_as_eager(mnist):
+    # torch.compile must not change what is learned: same start, same batches, same losses (to float noise)
+    images = mnist.train_images[:512]
+    order = torch.arange(512)
+    losses = []
+    for compile in (False, True):
+        torch.manual_seed(0)
+        model = ah.Autoencoder((64, 2))
+        optimizer = ah.make_optimizer(model, ah.RunConfig())
+        forward = torch.compile(model) if compile else model
+        losses.append([ah.train_epoch(forward, optimizer, images, order, 128).item() / 512 for _ in range(3)])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    assert losses[0][2] < losses[0][0]
