@@ -1231,7 +1231,8 @@ EXPERIMENTS = {
                                                    schedule="cosine"),
     "default_layers/adam_lr5e-4_ema0.999": RunConfig(epochs=MAIN_EPOCHS, ema=0.999),
 }
-COMMITTED_WEIGHTS = ("default_layers/adam_lr5e-4", "default_layers/adam_lr5e-4_cosine", "mynet/adam_lr5e-4")
+COMMITTED_WEIGHTS = ("default_layers/adam_lr5e-4", "default_layers/adam_lr5e-4_cosine", "mynet/adam_lr5e-4",
+                     "mynet/adam_lr5e-4_ema0.999")
 
 
 def run_experiments(only=None, root=PROJECT_ROOT, redraw=False, force=False, device="auto", progress=True):
