@@ -587,7 +587,7 @@ def train(config: RunConfig, data: MNIST | None = None, run_dir=None, device="au
             (run_dir / "metrics.json").unlink()  # a run being (re)trained is not finished
         if resume and checkpoint.exists():
             state = torch.load(checkpoint, map_location=device, weights_only=True)
-            if state["config"] == config.to_dict():
+            if RunConfig.from_dict(state["config"]) == config:
                 model.load_state_dict(state["model"])
                 optimizer.load_state_dict(state["optimizer"])
                 if scheduler:
@@ -717,9 +717,9 @@ def run_is_complete(run_dir, config: RunConfig | None = None) -> bool:
         return False
     if config is None:
         return True
-    try:
-        return json.loads((run_dir / "config.json").read_text()) == config.to_dict()
-    except (json.JSONDecodeError, OSError):
+    try:  # compared as configs: a field added later, at its default, does not make old runs stale
+        return RunConfig.from_dict(json.loads((run_dir / "config.json").read_text())) == config
+    except (json.JSONDecodeError, OSError, TypeError, ValueError):
         return False
 
 

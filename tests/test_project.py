@@ -47,6 +47,7 @@ def test_summaries_match_the_run_folders(group):
         assert float(row["test_mse"]) == metrics["test_mse"] and int(row["epochs"]) == metrics["epochs_run"]
         config = ah.RunConfig.from_dict(json.loads((ROOT / name / "config.json").read_text()))
         assert config == ah.EXPERIMENTS[name], f"{name} was trained with another config than EXPERIMENTS"
+        assert ah.run_is_complete(ROOT / name, ah.EXPERIMENTS[name]), f"the notebook would retrain {name}"
     assert "PCA-2 baseline" in rows
 
 

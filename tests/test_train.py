@@ -175,3 +175,16 @@ def test_averaged_weights_are_the_ones_evaluated_kept_and_resumed(mnist, small_c
     assert resumed.history["val_loss"] == averaged.history["val_loss"]
     assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(),
                                                   averaged.model.state_dict().values()))
+
+
+def test_runs_saved_before_a_new_config_field_still_count_as_finished(mnist, small_config, tmp_path):
+    # config.json written before RunConfig gained a field (here: ema) must not send the run back to training
+    ah.train(small_config, mnist, run_dir=tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["ema"]
+    path.write_text(json.dumps(saved))
+    assert ah.run_is_complete(tmp_path / "run", small_config)
+    assert not ah.run_is_complete(tmp_path / "run", ah.RunConfig(**{**small_config.to_dict(), "ema": 0.9}))
+    path.write_text(json.dumps({**saved, "no_such_field": 1}))
+    assert not ah.run_is_complete(tmp_path / "run", small_config)
