@@ -587,7 +587,7 @@ def train(config: RunConfig, data: MNIST | None = None, run_dir=None, device="au
             (run_dir / "metrics.json").unlink()  # a run being (re)trained is not finished
         if resume and checkpoint.exists():
             state = torch.load(checkpoint, map_location=device, weights_only=True)
-            if RunConfig.from_dict(state["config"]) == config:
+            if _same_config(state["config"], config):
                 model.load_state_dict(state["model"])
                 optimizer.load_state_dict(state["optimizer"])
                 if scheduler:
@@ -717,9 +717,17 @@ def run_is_complete(run_dir, config: RunConfig | None = None) -> bool:
         return False
     if config is None:
         return True
-    try:  # compared as configs: a field added later, at its default, does not make old runs stale
-        return RunConfig.from_dict(json.loads((run_dir / "config.json").read_text())) == config
-    except (json.JSONDecodeError, OSError, TypeError, ValueError):
+    try:
+        return _same_config(json.loads((run_dir / "config.json").read_text()), config)
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
+def _same_config(saved: dict, config: RunConfig) -> bool:
+    """Compared as configs: a field added later, at its default, does not make old runs stale."""
+    try:
+        return RunConfig.from_dict(saved) == config
+    except (TypeError, ValueError):  # fields this version does not know, or invalid values
         return False
 
 
