@@ -494,14 +494,14 @@ def _atomic_torch(path, obj):
 
 def train_epoch(model, optimizer, images, order, batch_size, loss_fn=F.mse_loss, bf16=False,
                 average=None) -> torch.Tensor:
-    """One pass over ``images`` (N, 784) in ``order``, batches of ``batch_size``; returns the summed loss.
+    """One pass over ``images[order]`` in batches of ``batch_size``; returns the summed loss.
 
     The image is both input and target. The sum stays on the device (no host
     synchronization per step); divide by N for the mean. ``average``, a
     WeightAverage, is updated after every step.
     """
     total = torch.zeros((), device=images.device)
-    for i in range(0, len(images), batch_size):
+    for i in range(0, len(order), batch_size):
         batch = images[order[i:i + batch_size]]
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
             output = model(batch)

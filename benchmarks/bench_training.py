@@ -89,7 +89,7 @@ def pipeline_b(steps, data, bf16=False, compile=False):
         model = torch.compile(model)
     images = data.train_images[: (steps + 5) * BATCH]
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-    ah.train_epoch(model, optimizer, images[:5 * BATCH], order[:5 * BATCH] % (5 * BATCH), BATCH, bf16=bf16)
+    ah.train_epoch(model, optimizer, images, order[:5 * BATCH], BATCH, bf16=bf16)
     t0 = time.perf_counter()
     total = ah.train_epoch(model, optimizer, images, order[5 * BATCH:], BATCH, bf16=bf16)
     total.item()

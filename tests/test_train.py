@@ -188,3 +188,13 @@ def test_runs_saved_before_a_new_config_field_still_count_as_finished(mnist, sma
     assert not ah.run_is_complete(tmp_path / "run", ah.RunConfig(**{**small_config.to_dict(), "ema": 0.9}))
     path.write_text(json.dumps({**saved, "no_such_field": 1}))
     assert not ah.run_is_complete(tmp_path / "run", small_config)
+
+
+def test_an_epoch_takes_only_the_batches_its_order_names():
+    # an order shorter than the image tensor (as in the benchmark) must not add empty, NaN-loss steps
+    model = ah.Autoencoder((8, 2))
+    optimizer = ah.make_optimizer(model, ah.RunConfig())
+    steps = []
+    optimizer.register_step_post_hook(lambda *args: steps.append(1))
+    total = ah.train_epoch(model, optimizer, torch.randn(100, 784), torch.arange(40), 16)
+    assert len(steps) == 3 and torch.isfinite(total)
