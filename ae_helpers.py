@@ -350,6 +350,7 @@ class RunConfig:
     momentum: float = 0.9          # for sgd_momentum
     bf16: bool = False             # bfloat16 autocast for the training step
     ema: float = 0.0               # >0: keep (and evaluate) a moving average of the weights, this decay per step
+    noise: float = 0.0             # >0: denoising; Gaussian noise of this std (normalized units) on training inputs
     track_every: int = 10          # reconstruction snapshots every N epochs
 
     def __post_init__(self):
@@ -379,6 +380,8 @@ class RunConfig:
             raise ValueError("weight_decay and momentum must be >= 0.")
         if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 <= self.ema < 1:
             raise ValueError(f"ema must be a decay in [0, 1) such as 0.999 (0 turns it off), got {self.ema!r}.")
+        if isinstance(self.noise, bool) or not isinstance(self.noise, (int, float)) or not 0 <= self.noise < math.inf:
+            raise ValueError(f"noise must be a standard deviation >= 0 such as 0.5 (0 turns it off), got {self.noise!r}.")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -493,18 +496,23 @@ def _atomic_torch(path, obj):
 
 
 def train_epoch(model, optimizer, images, order, batch_size, loss_fn=F.mse_loss, bf16=False,
-                average=None) -> torch.Tensor:
+                average=None, noise=0.0, generator=None) -> torch.Tensor:
     """One pass over ``images[order]`` in batches of ``batch_size``; returns the summed loss.
 
-    The image is both input and target. The sum stays on the device (no host
-    synchronization per step); divide by N for the mean. ``average``, a
-    WeightAverage, is updated after every step.
+    The image is the target, and the input too, unless ``noise`` > 0: then the
+    input is the image plus Gaussian noise of that standard deviation, drawn
+    from ``generator`` (a denoising autoencoder). The sum stays on the device
+    (no host synchronization per step); divide by N for the mean.
+    ``average``, a WeightAverage, is updated after every step.
     """
     total = torch.zeros((), device=images.device)
     for i in range(0, len(order), batch_size):
         batch = images[order[i:i + batch_size]]
+        inputs = batch
+        if noise:
+            inputs = batch + noise * torch.randn(batch.shape, generator=generator, device=batch.device)
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
-            output = model(batch)
+            output = model(inputs)
         loss = loss_fn(output.float(), batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -540,9 +548,10 @@ def train(config: RunConfig, data: MNIST | None = None, run_dir=None, device="au
     """Train an autoencoder as ``config`` says; return a Run holding the best-validation weights.
 
     Batches are index slices of a per-epoch permutation of in-memory tensors
-    (seeded by (seed, epoch), so a resumed run repeats the same batches).
-    Each epoch records the training loss (mean over its batches) and the
-    validation and test losses. Training stops early, with a warning, if the
+    (seeded by (seed, epoch), so a resumed run repeats the same batches, and
+    the same input noise when ``config.noise`` > 0). Each epoch records the
+    training loss (mean over its batches; with noise, of the noisy inputs)
+    and the validation and test losses (always of clean inputs). Training stops early, with a warning, if the
     loss becomes NaN or infinite. With ``run_dir`` the run folder is written:
     a checkpoint every epoch (atomic), and at the end config.json,
     history.csv, model.pt, tracking.pt and, last, metrics.json.
@@ -615,7 +624,9 @@ def train(config: RunConfig, data: MNIST | None = None, run_dir=None, device="au
             order = order.to(device)
         else:
             order = torch.arange(n, device=device)
-        total = train_epoch(model, optimizer, train_x, order, batch_size, loss_fn, config.bf16, average)
+        noise = torch.Generator(device).manual_seed(config.seed * 100003 + epoch) if config.noise else None
+        total = train_epoch(model, optimizer, train_x, order, batch_size, loss_fn, config.bf16, average,
+                            config.noise, noise)
         train_loss = total.item() / n  # one host sync per epoch
         train_seconds += time.perf_counter() - t0
         lr = optimizer.param_groups[0]["lr"]
@@ -1335,6 +1346,9 @@ def _parser():
     tr.add_argument("--seed", type=int, default=defaults.seed)
     tr.add_argument("--subset", type=int, default=0, help="train on the first N training images")
     tr.add_argument("--weight-decay", type=float, default=0.0)
+    tr.add_argument("--ema", type=float, default=0.0, help="evaluate a moving average of the weights, e.g. 0.999")
+    tr.add_argument("--noise", type=float, default=0.0,
+                    help="denoising: std of the Gaussian noise added to training inputs, e.g. 0.5")
     tr.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the training step")
     tr.add_argument("--device", default="auto")
     tr.add_argument("--root", default="data", help="data folder")
@@ -1360,7 +1374,7 @@ def main(argv=None) -> int:
             config = RunConfig(layer_sizes=tuple(size for group in args.layers for size in group), activation=args.activation, optimizer=args.optimizer,
                                loss=args.loss, schedule=args.schedule, lr=args.lr, batch_size=args.batch_size,
                                epochs=args.epochs, seed=args.seed, train_subset=args.subset,
-                               weight_decay=args.weight_decay, bf16=args.bf16)
+                               weight_decay=args.weight_decay, bf16=args.bf16, ema=args.ema, noise=args.noise)
             data = load_mnist(args.root, normalize=config.normalize)
             run = train(config, data, run_dir=args.out, device=args.device)
             draw_run_figures(run, data)

@@ -45,6 +45,8 @@ def test_bad_layer_sizes(sizes):
     ("epochs", -1, "epochs must be an integer >= 0"),
     ("ema", 1.0, r"ema must be a decay in \[0, 1\)"),
     ("ema", -0.5, r"ema must be a decay in \[0, 1\)"),
+    ("noise", -0.1, "noise must be a standard deviation >= 0"),
+    ("noise", float("nan"), "noise must be a standard deviation >= 0"),
 ])
 def test_bad_config_values_name_the_field_and_choices(field, value, words):
     with pytest.raises(ValueError, match=words):

@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import ae_helpers as ah
 from conftest import ROOT
@@ -175,6 +176,41 @@ def test_averaged_weights_are_the_ones_evaluated_kept_and_resumed(mnist, small_c
     assert resumed.history["val_loss"] == averaged.history["val_loss"]
     assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(),
                                                   averaged.model.state_dict().values()))
+
+
+def test_denoising_corrupts_the_inputs_only_and_repeats_on_resume(mnist, small_config, tmp_path, monkeypatch):
+    # The model sees noisy inputs, the loss compares with the clean image.
+    model = ah.Autoencoder((8, 2))
+    seen, targets = [], []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    images = torch.randn(32, 784)
+    loss_fn = lambda output, target: (targets.append(target.clone()), F.mse_loss(output, target))[1]
+    optimizer = ah.make_optimizer(model, ah.RunConfig())
+    ah.train_epoch(model, optimizer, images, torch.arange(32), 32, loss_fn, noise=0.5,
+                   generator=torch.Generator().manual_seed(0))
+    assert torch.equal(targets[0], images)
+    assert (seen[0] - images).std().item() == pytest.approx(0.5, rel=0.05)
+
+    # Same config: the same losses; interrupted and resumed: the same noise, so the same run.
+    config = ah.RunConfig(**{**small_config.to_dict(), "noise": 0.5, "epochs": 4})
+    once, again = (ah.train(config, mnist, progress=False) for _ in range(2))
+    assert once.history["train_loss"] == again.history["train_loss"]
+    clean = ah.train(ah.RunConfig(**{**config.to_dict(), "noise": 0.0}), mnist, progress=False)
+    assert once.history["train_loss"][0] > clean.history["train_loss"][0]  # noisy inputs are harder
+    real_epoch, calls = ah.train_epoch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+    monkeypatch.setattr(ah, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ah.train(config, mnist, run_dir=tmp_path / "run", progress=False)
+    monkeypatch.setattr(ah, "train_epoch", real_epoch)
+    resumed = ah.train(config, mnist, run_dir=tmp_path / "run", progress=False)
+    assert resumed.history["train_loss"] == once.history["train_loss"]
+    assert resumed.metrics["test_mse"] == once.metrics["test_mse"]
 
 
 def test_runs_saved_before_a_new_config_field_still_count_as_finished(mnist, small_config, tmp_path):
