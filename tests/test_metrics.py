@@ -39,3 +39,6 @@ def test_pca2_baseline_on_real_mnist(mnist):
     baseline = ah.pca_baseline(mnist)
     assert baseline["test_mse"] == pytest.approx(0.587, abs=0.002)
     assert baseline["knn5_accuracy"] == pytest.approx(0.424, abs=0.005)
+    # the validation codes (5,000 training images held out) are as separable as the test codes;
+    # a label mix-up between splits would drop this to chance (0.1)
+    assert baseline["knn5_val_accuracy"] == pytest.approx(baseline["knn5_accuracy"], abs=0.03)

@@ -31,7 +31,7 @@ def test_committed_weights_reproduce_their_metrics(mnist, name):
     run = ah.load_run(ROOT / name, require_model=True)
     train_idx, val_idx = ah.split_indices()
     measured = ah.measure_run(run.model, mnist, train_idx, val_idx)
-    for key in ("train_mse", "test_mse", "knn5_accuracy"):
+    for key in ("train_mse", "test_mse", "knn5_accuracy", "knn5_val_accuracy"):
         assert measured[key] == pytest.approx(run.metrics[key], abs=2e-4), key
 
 
