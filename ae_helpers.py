@@ -1258,7 +1258,11 @@ EXPERIMENTS = {
     # normalized units), the target stays the clean image. With averaged weights over three seeds, and
     # alone; std 1.0 once (the level is chosen by validation 5-NN); the default network with both.
     **{f"mynet/adam_lr5e-4_ema0.999_noise0.5{f'_seed{seed}' if seed else ''}": RunConfig(
-        layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS, ema=0.999, noise=0.5, seed=seed) for seed in (0, 1)},
+        layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS, ema=0.999, noise=0.5, seed=seed) for seed in (0, 1, 2)},
+    "mynet/adam_lr5e-4_noise0.5": RunConfig(layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS, noise=0.5),
+    "mynet/adam_lr5e-4_ema0.999_noise1.0": RunConfig(layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS, ema=0.999,
+                                                     noise=1.0),
+    "default_layers/adam_lr5e-4_ema0.999_noise0.5": RunConfig(epochs=MAIN_EPOCHS, ema=0.999, noise=0.5),
 }
 COMMITTED_WEIGHTS = ("default_layers/adam_lr5e-4", "default_layers/adam_lr5e-4_cosine", "mynet/adam_lr5e-4",
                      "mynet/adam_lr5e-4_ema0.999", "mynet/adam_lr5e-4_ema0.999_noise0.5")
