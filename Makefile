@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# make results: runs trained at once (the CPU threads are shared between them)
+JOBS ?= 2
 NOTEBOOK := bmi219_autoencoder.ipynb
 
 .PHONY: run test lab results bench data browser venv clean
@@ -30,7 +32,7 @@ lab: data
 	$(PY) -m jupyter lab $(NOTEBOOK)
 
 results: data
-	$(PY) ae_helpers.py experiments
+	$(PY) ae_helpers.py experiments --jobs $(JOBS)
 
 bench: data
 	$(PY) benchmarks/bench_training.py

@@ -23,6 +23,8 @@ def _cli(*args):
     (["train", "--out", "x", "--device", "tpu"], "choose 'auto', 'cpu', 'cuda' or 'mps'"),
     (["train", "--out", "x", "--dropout", "0.5"], "unrecognized arguments: --dropout"),
     (["experiments", "--only", "default_layers/nope"], "unknown run"),
+    (["experiments", "--jobs", "0"], "jobs must be an integer >= 1"),
+    (["train", "--out", "x", "--noise", "-1"], "noise must be a standard deviation >= 0"),
 ])
 def test_bad_input_exits_2_with_usage(args, words):
     result = _cli(*args)
@@ -45,3 +47,20 @@ def test_train_writes_a_finished_run_folder(tmp_path):
                  "latent_space.png", "test_data_tracking/epoch_001.png"):
         assert (out / name).is_file(), name
     assert json.loads((out / "config.json").read_text())["layer_sizes"] == [32, 2]
+
+
+def test_parallel_experiments_skip_finished_runs_and_a_worker_trains_through_the_cli(tmp_path):
+    # A copy of a finished run (and the data) under another root: a real worker process, launched with
+    # the same command line `make results --jobs` uses, finds it finished and writes the summary.
+    import shutil
+    import ae_helpers as ah
+    name = "mynet/adam_lr5e-4"
+    shutil.copytree(ROOT / name, tmp_path / name)
+    (tmp_path / "data").symlink_to(ROOT / "data")
+    assert ah._launch_worker(name, tmp_path, 1, False, "cpu") == 0
+    log = (tmp_path / name / "train.log").read_text()
+    assert f"{name}: finished, skipped" in log, log
+    assert "adam_lr5e-4 |" in (tmp_path / "mynet" / "summary.md").read_text()
+    result = _cli("experiments", "--jobs", "2", "--only", name, "--root", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert f"{name}: finished, skipped" in result.stdout

@@ -234,3 +234,26 @@ def test_an_epoch_takes_only_the_batches_its_order_names():
     optimizer.register_step_post_hook(lambda *args: steps.append(1))
     total = ah.train_epoch(model, optimizer, torch.randn(100, 784), torch.arange(40), 16)
     assert len(steps) == 3 and torch.isfinite(total)
+
+
+def test_parallel_training_runs_jobs_at_once_longest_first_and_names_failures(tmp_path, monkeypatch):
+    import threading
+    names = ["mynet/adam_lr5e-4_cosine60", "default_layers/adam_lr5e-4", "mynet/adam_lr5e-4",
+             "default_layers/sgd_lr5e-4"]
+    running, peak, started, lock = [0], [0], [], threading.Lock()
+
+    def launch(name, root, threads, force, device):
+        with lock:
+            started.append((name, threads))
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return 1 if name == "mynet/adam_lr5e-4" else 0
+    monkeypatch.setattr(ah.os, "cpu_count", lambda: 4)
+    with pytest.raises(ah.ExperimentError, match=r"training failed for \['mynet/adam_lr5e-4'\]"):
+        ah._train_in_parallel(names, tmp_path, 2, False, "cpu", False, launch=launch)
+    assert peak[0] == 2 and len(started) == 4
+    assert all(threads == 2 for _, threads in started)          # 4 cores shared by 2 jobs
+    assert started[0][0] == "default_layers/adam_lr5e-4"       # the longest run starts first
