@@ -1326,13 +1326,13 @@ def _train_in_parallel(names, root, jobs, force, device, progress, launch=None):
         futures = {pool.submit(launch, name, root, threads, force, device): name for name in names}
         for future in _progress(concurrent.futures.as_completed(futures), progress and bool(names),
                                 desc=f"runs ({jobs} at a time)"):
-            name = futures[future]
-            if future.result() != 0:
+            name, code = futures[future], future.result()
+            if code:
                 failed.append(name)
-            print(f"{name}: {'failed' if future.result() else 'finished'}", flush=True)
+            print(f"{name}: {'failed' if code else 'finished'}", flush=True)
     if failed:
         raise ExperimentError(f"training failed for {failed}; see train.log in each run folder, then rerun "
-                           "(finished runs are skipped, interrupted ones resume).")
+                              "(finished runs are skipped, interrupted ones resume).")
 
 
 def _launch_worker(name, root, threads, force, device) -> int:
@@ -1377,7 +1377,8 @@ def write_summaries(root=PROJECT_ROOT, data: MNIST | None = None) -> None:
         header = (f"# {group}: results\n\nMSE in normalized units (pixel units = normalized x 0.3081^2); "
                   "train/val/test MSE of the best-validation weights, evaluated on the full sets; "
                   "5-NN accuracy of the 2-D validation and test codes (fitted on training codes; recipes are "
-                  "chosen by the validation one); silhouette of the test codes by digit. Regenerate with `make results`.\n\n")
+                  "chosen by the validation one); silhouette of the test codes by digit. "
+                  "Regenerate with `make results`.\n\n")
         _atomic_text(root / group / "summary.md", header + "\n".join(lines) + "\n")
 
 

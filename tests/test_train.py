@@ -150,6 +150,22 @@ def test_weight_average_is_an_exponential_moving_average():
         assert torch.allclose(a, s + 0.1) and not a.requires_grad
 
 
+def _interrupted_then_resumed(config, mnist, run_dir, monkeypatch):
+    """Train ``config`` into ``run_dir``, interrupted in its third epoch; resume; return the resumed run."""
+    real_epoch, calls = ah.train_epoch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+    monkeypatch.setattr(ah, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ah.train(config, mnist, run_dir=run_dir, progress=False)
+    monkeypatch.setattr(ah, "train_epoch", real_epoch)
+    return ah.train(config, mnist, run_dir=run_dir, progress=False)
+
+
 def test_averaged_weights_are_the_ones_evaluated_kept_and_resumed(mnist, small_config, tmp_path, monkeypatch):
     config = ah.RunConfig(**{**small_config.to_dict(), "ema": 0.99, "epochs": 4})
     plain = ah.train(small_config, mnist, progress=False)
@@ -161,18 +177,7 @@ def test_averaged_weights_are_the_ones_evaluated_kept_and_resumed(mnist, small_c
     assert averaged.metrics["val_mse"] == pytest.approx(averaged.history["val_loss"][best - 1], rel=1e-4)
 
     # Interrupted after two epochs, then resumed: the average is restored from the checkpoint.
-    real_epoch, calls = ah.train_epoch, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-    monkeypatch.setattr(ah, "train_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        ah.train(config, mnist, run_dir=tmp_path / "run", progress=False)
-    monkeypatch.setattr(ah, "train_epoch", real_epoch)
-    resumed = ah.train(config, mnist, run_dir=tmp_path / "run", progress=False)
+    resumed = _interrupted_then_resumed(config, mnist, tmp_path / "run", monkeypatch)
     assert resumed.history["val_loss"] == averaged.history["val_loss"]
     assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(),
                                                   averaged.model.state_dict().values()))
@@ -197,18 +202,7 @@ def test_denoising_corrupts_the_inputs_only_and_repeats_on_resume(mnist, small_c
     assert once.history["train_loss"] == again.history["train_loss"]
     clean = ah.train(ah.RunConfig(**{**config.to_dict(), "noise": 0.0}), mnist, progress=False)
     assert once.history["train_loss"][0] > clean.history["train_loss"][0]  # noisy inputs are harder
-    real_epoch, calls = ah.train_epoch, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-    monkeypatch.setattr(ah, "train_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        ah.train(config, mnist, run_dir=tmp_path / "run", progress=False)
-    monkeypatch.setattr(ah, "train_epoch", real_epoch)
-    resumed = ah.train(config, mnist, run_dir=tmp_path / "run", progress=False)
+    resumed = _interrupted_then_resumed(config, mnist, tmp_path / "run", monkeypatch)
     assert resumed.history["train_loss"] == once.history["train_loss"]
     assert resumed.metrics["test_mse"] == once.metrics["test_mse"]
 
