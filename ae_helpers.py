@@ -295,7 +295,7 @@ class Autoencoder(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}.")
         sizes = (input_dim, *layer_sizes)
-        self.layer_sizes, self.activation = layer_sizes, activation
+        self.layer_sizes, self.activation, self.input_dim = layer_sizes, activation, input_dim
         self.encoder = _mlp(sizes, activation)
         self.decoder = _mlp(sizes[::-1], activation)
 
@@ -304,7 +304,12 @@ class Autoencoder(nn.Module):
         return self.layer_sizes[-1]
 
     def encode(self, x):
-        """(N, 784) images -> (N, latent_dim) codes."""
+        """(N, 784) or (N, 1, 28, 28) images (a DataLoader batch) -> (N, latent_dim) codes."""
+        if x.dim() != 2:
+            x = x.flatten(1)
+        if x.shape[-1] != self.input_dim:
+            raise ValueError(f"expected images of {self.input_dim} values each, shaped (N, {self.input_dim}) or "
+                             f"(N, 1, 28, 28); got shape {tuple(x.shape)}.")
         return self.encoder(x)
 
     def decode(self, z):
@@ -312,7 +317,8 @@ class Autoencoder(nn.Module):
         return self.decoder(z)
 
     def forward(self, x):
-        return self.decoder(self.encoder(x))
+        """(N, 784) or (N, 1, 28, 28) images -> (N, 784) reconstructions."""
+        return self.decoder(self.encode(x))
 
 
 def count_parameters(model) -> int:
@@ -397,9 +403,13 @@ class RunConfig:
         return cls(**d)
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def resolve_device(device="auto") -> torch.device:
     """'auto' -> CUDA, then Apple's MPS, then CPU. A device that does not exist is a ValueError."""
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    mps = _mps_available()
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     try:
@@ -786,11 +796,11 @@ QUICK = os.environ.get("AE_QUICK", "") not in ("", "0")
 
 
 def quick_config(config: RunConfig) -> RunConfig:
-    """In quick mode (AE_QUICK=1, used by CI): at most 2 epochs on at most 5,000 images."""
+    """In quick mode (AE_QUICK=1, used by CI): 1 epoch on at most 2,000 images."""
     if not QUICK:
         return config
-    subset = min(config.train_subset or 5000, 5000)
-    return dataclasses.replace(config, epochs=min(config.epochs, 2), train_subset=subset,
+    subset = min(config.train_subset or 2000, 2000)
+    return dataclasses.replace(config, epochs=1, train_subset=subset,
                                batch_size=min(config.batch_size, subset), track_every=1)
 
 
@@ -828,6 +838,17 @@ def encode(model, images, batch_size=10000) -> torch.Tensor:
     device = next(model.parameters()).device
     return torch.cat([model.encode(images[i:i + batch_size].to(device)).float().cpu()
                       for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def decode_to_pixels(model, codes, data: MNIST | None = None) -> torch.Tensor:
+    """(N, latent_dim) codes -> (N, 784) images in pixel units, clipped to [0, 1], on the CPU.
+
+    ``data`` gives the normalization to undo (None: the model works in pixel units).
+    """
+    param = next(model.parameters())
+    images = model.decode(torch.as_tensor(codes, dtype=param.dtype, device=param.device)).float().cpu()
+    return (data.to_pixels(images) if data is not None else images).clamp(0, 1)
 
 
 def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k=5, chunk=1000) -> float:
@@ -869,22 +890,35 @@ def measure_run(model, data: MNIST, train_idx=None, val_idx=None) -> dict:
     (neighbours among the training codes) and silhouette of test codes."""
     if train_idx is None:
         train_idx, val_idx = split_indices(len(data.train_images))
-    device = next(model.parameters()).device
-    out = {}
+    out, codes = {}, {}
     for name, images in (("train", data.train_images[train_idx]), ("val", data.train_images[val_idx]),
                          ("test", data.test_images)):
-        units = mse_units(evaluate_loss(model, images.to(device), "mse"), data)
+        codes[name], mse = _codes_and_mse(model, images)
+        units = mse_units(mse, data)
         out[f"{name}_mse"], out[f"{name}_mse_pixels"] = round(units["normalized"], 5), round(units["pixels"], 6)
-    train_codes, test_codes = encode(model, data.train_images[train_idx]), encode(model, data.test_images)
     if model.latent_dim == 2:
-        out["knn5_accuracy"] = round(knn_accuracy(train_codes, data.train_labels[train_idx], test_codes,
+        out["knn5_accuracy"] = round(knn_accuracy(codes["train"], data.train_labels[train_idx], codes["test"],
                                                   data.test_labels), 4)
         if len(val_idx):  # the same on the validation split: what recipes are chosen by
-            out["knn5_val_accuracy"] = round(knn_accuracy(train_codes, data.train_labels[train_idx],
-                                                          encode(model, data.train_images[val_idx]),
-                                                          data.train_labels[val_idx]), 4)
-        out["silhouette"] = round(silhouette_score(test_codes, data.test_labels), 4)
+            out["knn5_val_accuracy"] = round(knn_accuracy(codes["train"], data.train_labels[train_idx],
+                                                          codes["val"], data.train_labels[val_idx]), 4)
+        out["silhouette"] = round(silhouette_score(codes["test"], data.test_labels), 4)
     return out
+
+
+@torch.no_grad()
+def _codes_and_mse(model, images, batch_size=10000):
+    """(N, latent_dim) codes on the CPU and the mean per-pixel MSE, from one pass of the encoder."""
+    device = next(model.parameters()).device
+    codes, total = [], 0.0
+    for i in range(0, len(images), batch_size):
+        batch = images[i:i + batch_size].to(device)
+        batch_codes = model.encode(batch)
+        total = total + F.mse_loss(model.decode(batch_codes), batch, reduction="sum")
+        codes.append(batch_codes.float().cpu())
+    if not codes:
+        return torch.empty(0, model.latent_dim), math.nan
+    return torch.cat(codes), float(total) / images.numel()
 
 
 class PCA2:
@@ -997,17 +1031,12 @@ def latent_extent(codes, quantile=0.01):
     return lo[0].item(), hi[0].item(), lo[1].item(), hi[1].item()
 
 
-@torch.no_grad()
 def decode_grid(model, extent, n=15, data: MNIST | None = None):
     """Decode an n x n grid over extent -> (n*28, n*28) image in pixel units; top row = high y."""
     xs = torch.linspace(extent[0], extent[1], n)
     ys = torch.linspace(extent[3], extent[2], n)
     grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1).reshape(-1, 2)
-    device = next(model.parameters()).device
-    images = model.decode(grid.to(device)).float().cpu()
-    if data is not None:
-        images = data.to_pixels(images)
-    images = images.clamp(0, 1).reshape(n, n, IMAGE_SIDE, IMAGE_SIDE)
+    images = decode_to_pixels(model, grid, data).reshape(n, n, IMAGE_SIDE, IMAGE_SIDE)
     return images.permute(0, 2, 1, 3).reshape(n * IMAGE_SIDE, n * IMAGE_SIDE)
 
 
@@ -1077,71 +1106,214 @@ def draw_run_figures(run: Run, data: MNIST) -> None:
 # Latent explorer
 # ----------------------------------------------------------------------------
 
+NO_IPYMPL = ("The explorer is static here: this kernel has no `ipympl` package, which makes plots clickable. "
+             "Install it in the kernel's environment (`pip install ipympl==0.10.0`, or `make venv`), "
+             "restart the kernel, and run the cell again.")
+
+
 def _png_bytes(pixels) -> bytes:
-    """(28, 28) array in [0, 1] -> PNG bytes, grey scale, each value rounded to 8 bits."""
-    import matplotlib.pyplot as plt
+    """(H, W) array in [0, 1] -> PNG bytes, grey scale, each value rounded to 8 bits."""
+    from PIL import Image  # installed with matplotlib
     grey = (np.clip(np.asarray(pixels), 0, 1) * 255).round().astype(np.uint8)
     buffer = io.BytesIO()
-    plt.imsave(buffer, np.repeat(grey[..., None], 3, axis=2), format="png")
+    Image.fromarray(grey).save(buffer, format="png", compress_level=1)  # fast: the drag calls this 6 times
     return buffer.getvalue()
 
 
-class LatentExplorer:
-    """Click the latent scatter to decode the clicked point into an image shown beside it.
+def _widget_canvas(fig):
+    """An ipympl canvas widget for ``fig``, or None when ipympl is not installed.
 
-    Use with the ipympl backend (``%matplotlib widget``), where the figure
-    canvas is a widget that delivers clicks. ``decode_at(x, y)`` runs the same
-    path as a click. Errors in the click handler are shown in the widget.
+    The canvas is made here, not by pyplot, so pyplot's figure manager never
+    knows the figure: a later cell with the inline backend, which shows and
+    then closes every figure pyplot holds, can neither print a static copy of
+    it nor close its canvas (which would leave an empty widget). The figure
+    lives as long as the explorer, and pyplot keeps the backend it had.
+    """
+    import matplotlib
+    backend = matplotlib.get_backend()
+    try:
+        from ipympl.backend_nbagg import Canvas, FigureManager
+    except ImportError:
+        return None
+    finally:
+        matplotlib.use(backend)  # importing ipympl switches pyplot to it; later cells keep their backend
+    canvas = Canvas(fig)
+    FigureManager(canvas, 0)  # routes the front end's messages (draw, resize, mouse) to the canvas
+    canvas.header_visible = False
+    canvas.footer_visible = False
+    canvas.toolbar_position = "bottom"
+    return canvas
+
+
+class LatentNeighbours:
+    """The k nearest of a set of 2-D codes to any point, by brute force (fast for 10,000 codes).
+
+    ``spacing[i]`` is the distance from code i to its nearest other code: the
+    local scale against which "far from any data" is judged (precomputed once).
     """
 
-    def __init__(self, model, codes, labels, data: MNIST | None = None, title="Click to decode"):
+    def __init__(self, codes, chunk=1000):
+        self.codes = torch.as_tensor(codes, dtype=torch.float32).cpu()
+        self.spacing = torch.cat([torch.cdist(self.codes[i:i + chunk], self.codes).topk(2, largest=False).values[:, 1]
+                                  for i in range(0, len(self.codes), chunk)])  # [:, 0] is the code itself
+
+    def __call__(self, x, y, k=5):
+        """Indices and distances of the k codes nearest to (x, y), nearest first."""
+        squared = (self.codes - torch.tensor([x, y], dtype=torch.float32)).square().sum(1)
+        values, indices = squared.topk(min(k, len(squared)), largest=False)
+        return indices.numpy(), values.sqrt().numpy()
+
+    def remoteness(self, indices, distances) -> float:
+        """How far the point is from the data: its nearest distance over the neighbours' own spacing.
+
+        About 0.5 to 1 inside a cloud of codes, however dense; far above 1 in a gap or outside.
+        """
+        return float(distances[0] / self.spacing[torch.as_tensor(indices)].mean().clamp_min(1e-12))
+
+
+FAR = 3.0  # a point whose nearest code is 3x farther than codes there are from each other is off the data
+
+
+class LatentExplorer:
+    """Click or drag on the latent scatter: the point under the pointer is decoded and shown.
+
+    Beside the plot: the decoded image, its coordinates, and the ``k`` test
+    digits whose codes lie nearest to the point (label and distance), so one
+    sees where the decoder has real data nearby and where it invents.
+    ``images`` (N, 784) are in the units of ``data`` (normalized when it is).
+    ``decode_at(x, y)`` runs the same path as a click. While the button is
+    held, moving updates at most once per ``drag_interval_s`` seconds; the
+    release point is always decoded. Errors in the handlers are shown in the
+    widget. Without ipympl the plot is static, with a message that says the fix.
+    """
+
+    def __init__(self, model, images, labels, data: MNIST | None = None, title="Click or drag to decode",
+                 k=5, drag_interval_s=0.04):
         import ipywidgets as widgets
-        import matplotlib.pyplot as plt
-        self.model = model.eval()
-        self.mean, self.std = (data.mean, data.std) if data is not None else (0.0, 1.0)
-        with plt.ioff():
-            self.fig, self.ax = plt.subplots(figsize=(5, 4.6))
-        plot_latent(codes, labels, title=title, ax=self.ax)
-        (self.marker,) = self.ax.plot([], [], "k+", markersize=16, markeredgewidth=2.5, zorder=5)
-        canvas = self.fig.canvas
-        if isinstance(canvas, widgets.DOMWidget):
-            canvas.header_visible = False
-            canvas.footer_visible = False
-            canvas.toolbar_position = "bottom"
-            view = canvas
-        else:  # no widget backend: show the static figure
-            view = widgets.Output()
-            with view:
-                from IPython.display import display
-                display(self.fig)
+        from matplotlib.figure import Figure
+        self.model, self.data, self.k, self.drag_interval_s = model.eval(), data, k, drag_interval_s
+        self.labels = torch.as_tensor(labels).cpu()
+        codes = encode(model, images)
+        self.neighbours = LatentNeighbours(codes)
+        pixels = data.to_pixels(images) if data is not None else images
+        self.pixels = (pixels.clamp(0, 1) * 255).round().to(torch.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE).numpy()
+        self.fig = Figure(figsize=(5, 4.6), dpi=100)  # fixed: the same layout whatever the notebook's rcParams
+        self.ax = self.fig.add_subplot()
+        plot_latent(codes, self.labels, title=title, ax=self.ax)
+        canvas = _widget_canvas(self.fig)
+        (self.marker,) = self.ax.plot([], [], "k+", markersize=16, markeredgewidth=2.5, zorder=5,
+                                      animated=canvas is not None)  # drawn alone on top (blitting)
         self.image = widgets.Image(format="png", width=196, height=196,
                                    layout=widgets.Layout(border="1px solid #999", object_fit="contain"))
-        self.coords = widgets.HTML("Click anywhere in the plot to decode that point.")
+        self.image.add_class("decoded")
+        self.coords = widgets.HTML("Click or drag in the plot to decode a point.")
         self.error = widgets.HTML("")
-        self.widget = widgets.HBox([view, widgets.VBox([widgets.HTML("<b>Decoded image</b>"), self.image,
-                                                       self.coords, self.error])])
-        self.widget.add_class("latent-explorer")
-        self.last_point, self.last_image = None, None
-        self._cid = canvas.mpl_connect("button_press_event", self._on_click)
+        self.neighbour_images = [widgets.Image(format="png", width=56, height=56) for _ in range(k)]
+        self.neighbour_labels = [widgets.HTML("") for _ in range(k)]
+        self.nearest = widgets.HTML("")
+        self._background, self._dragging, self._skipped, self._last_update = None, False, False, -math.inf
+        self.last_point, self.last_image, self.last_neighbours, self.updates = None, None, None, 0
+        if canvas is None:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            FigureCanvasAgg(self.fig)
+            self.static_view = widgets.Image(format="png")
+            self._draw_static()
+            view = widgets.VBox([widgets.HTML(f"<b class='explorer-message'>{NO_IPYMPL}</b>"), self.static_view])
+            print(NO_IPYMPL)  # also in the cell's text output, which any viewer shows
+        else:
+            self.static_view, view = None, canvas
+            canvas.mpl_connect("draw_event", self._on_draw)
+            canvas.mpl_connect("button_press_event", self._on_press)
+            canvas.mpl_connect("motion_notify_event", self._on_motion)
+            canvas.mpl_connect("button_release_event", self._on_release)
+        self.widget = self._layout(widgets, view)
+
+    def _layout(self, widgets, view):
+        cards = [widgets.VBox([image, label], layout=widgets.Layout(align_items="center", width="62px"))
+                 for image, label in zip(self.neighbour_images, self.neighbour_labels)]
+        side = widgets.VBox([widgets.HTML("<b>Decoded image</b>"), self.image, self.coords, self.error,
+                             widgets.HTML(f"<b>The {self.k} nearest test digits</b>"),
+                             widgets.HBox(cards, _dom_classes=["neighbours"]), self.nearest])
+        box = widgets.HBox([view, side])
+        box.add_class("latent-explorer")
+        return box
 
     def decode_at(self, x, y) -> np.ndarray:
         """Decode the latent point (x, y), show it, and return the (28, 28) image in [0, 1]."""
-        param = next(self.model.parameters())
-        z = torch.tensor([[float(x), float(y)]], dtype=param.dtype, device=param.device)
-        with torch.no_grad():
-            out = self.model.decode(z)[0].float().cpu() * self.std + self.mean
-        pixels = out.clamp(0, 1).reshape(IMAGE_SIDE, IMAGE_SIDE).numpy()
+        x, y = float(x), float(y)
+        pixels = decode_to_pixels(self.model, [[x, y]], self.data)[0].reshape(IMAGE_SIDE, IMAGE_SIDE).numpy()
         self.image.value = _png_bytes(pixels)
-        self.marker.set_data([x], [y])
-        self.fig.canvas.draw_idle()
         self.coords.value = f"<span class='coords'>x = {x:.5f}, y = {y:.5f}</span>"
         self.error.value = ""
-        self.last_point, self.last_image = (float(x), float(y)), pixels
+        self._show_neighbours(x, y)
+        self.marker.set_data([x], [y])
+        self._draw_marker()
+        self.last_point, self.last_image = (x, y), pixels
+        self.updates += 1
         return pixels
 
-    def _on_click(self, event):
-        if event.inaxes is not self.ax or event.xdata is None or event.ydata is None:
-            return  # outside the axes: nothing to decode
+    def _show_neighbours(self, x, y):
+        indices, distances = self.neighbours(x, y, self.k)
+        for image, label, i, distance in zip(self.neighbour_images, self.neighbour_labels, indices, distances):
+            image.value = _png_bytes(self.pixels[i] / 255)
+            label.value = f"<span class='neighbour'>{int(self.labels[i])} <small>d {distance:.2f}</small></span>"
+        remoteness = self.neighbours.remoteness(indices, distances)
+        verdict = "no test digit near here: the decoder invents" if remoteness > FAR else "among test digits"
+        self.nearest.value = (f"<small class='remoteness'>nearest at {distances[0]:.2f}, {remoteness:.1f}x the spacing "
+                              f"between those digits' codes: {verdict}</small>")
+        self.last_neighbours = (indices, distances)
+
+    # Drawing: the scatter is drawn once (and again on resize or zoom); a new point redraws only the
+    # marker over a saved copy of the rest, so a drag update costs milliseconds instead of a full redraw.
+    def _on_draw(self, event):
+        self._background = self.fig.canvas.copy_from_bbox(self.fig.bbox)
+        self.ax.draw_artist(self.marker)
+
+    def _draw_marker(self):
+        canvas = self.fig.canvas
+        if self.static_view is not None:
+            self._draw_static()
+        elif self._background is None:
+            canvas.draw_idle()  # not drawn yet: the first full draw includes the marker
+        else:
+            canvas.restore_region(self._background)
+            self.ax.draw_artist(self.marker)
+            canvas.blit(self.fig.bbox)
+
+    def _draw_static(self):
+        buffer = io.BytesIO()
+        self.fig.savefig(buffer, format="png", dpi=self.fig.dpi)
+        self.static_view.value = buffer.getvalue()
+
+    # Mouse: press decodes, motion with the button held decodes (throttled), release decodes the last point.
+    def _in_plot(self, event):
+        toolbar = getattr(self.fig.canvas, "toolbar", None)
+        panning = bool(getattr(toolbar, "mode", ""))  # the pan/zoom tool owns the mouse then
+        return event.inaxes is self.ax and event.xdata is not None and event.ydata is not None and not panning
+
+    def _on_press(self, event):
+        if self._in_plot(event):
+            self._dragging = True
+            self._decode_event(event)
+
+    def _on_motion(self, event):
+        from matplotlib.backend_bases import MouseButton
+        if event.buttons is not None and MouseButton.LEFT not in event.buttons:
+            self._dragging = False  # released outside the canvas
+        if not (self._dragging and self._in_plot(event)):
+            return
+        if time.perf_counter() - self._last_update >= self.drag_interval_s:
+            self._decode_event(event)
+        else:
+            self._skipped = True  # the release will catch up
+
+    def _on_release(self, event):
+        if self._dragging and self._skipped and self._in_plot(event):
+            self._decode_event(event)
+        self._dragging = False
+
+    def _decode_event(self, event):
+        self._last_update, self._skipped = time.perf_counter(), False
         try:
             self.decode_at(event.xdata, event.ydata)
         except Exception as exc:  # shown in the widget, never swallowed
@@ -1152,18 +1324,16 @@ class LatentExplorer:
         return self.widget._repr_mimebundle_(**kwargs)
 
 
-def explore(run_dir="default_layers/adam_lr5e-4", data: MNIST | None = None) -> LatentExplorer:
-    """One call: load a run's committed weights, encode the test set, return the explorer."""
-    import matplotlib
-    backend = matplotlib.get_backend().lower()
-    if "ipympl" not in backend and "widget" not in backend:
-        raise RuntimeError(f"the explorer needs the interactive widget backend, but matplotlib uses {backend!r}. "
-                           "Run `%matplotlib widget` (package ipympl) in a cell first, then run this cell again.")
+def explore(run_dir="default_layers/adam_lr5e-4", data: MNIST | None = None, **options) -> LatentExplorer:
+    """One call: load a run's committed weights and return the explorer of its test-set codes.
+
+    Works in any backend (the explorer makes its own widget canvas); without
+    ipympl it shows a static plot and the fix. ``options`` go to ``LatentExplorer``.
+    """
     run = load_run(run_dir, require_model=True)
     data = data if data is not None else load_mnist(normalize=run.config.normalize)
-    codes = encode(run.model, data.test_images)
-    return LatentExplorer(run.model, codes, data.test_labels, data,
-                          title=f"{Path(run_dir).parent.name}/{Path(run_dir).name}: click to decode")
+    return LatentExplorer(run.model, data.test_images, data.test_labels, data,
+                          title=f"{Path(run_dir).parent.name}/{Path(run_dir).name}: click or drag", **options)
 
 
 # ----------------------------------------------------------------------------

@@ -1,29 +1,56 @@
-"""The latent explorer's click path, with synthesized matplotlib button-press events."""
+"""The latent explorer's click and drag paths, with synthesized matplotlib mouse events."""
+import io
+import subprocess
+import sys
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
-from matplotlib.backend_bases import MouseEvent
+from conftest import ROOT
+from matplotlib.backend_bases import MouseButton, MouseEvent
 
 import ae_helpers as ah
 
+N_IMAGES = 500
+
 
 @pytest.fixture
-def explorer(mnist):
+def model():
     torch.manual_seed(0)
-    model = ah.Autoencoder((32, 2)).eval()
-    codes = ah.encode(model, mnist.test_images[:500])
-    ex = ah.LatentExplorer(model, codes, mnist.test_labels[:500], mnist)
-    yield ex
-    plt.close(ex.fig)
+    return ah.Autoencoder((32, 2)).eval()
 
 
-def _click(ex, x, y, in_data=True):
+@pytest.fixture
+def explorer(model, mnist):
+    return ah.LatentExplorer(model, mnist.test_images[:N_IMAGES], mnist.test_labels[:N_IMAGES], mnist,
+                             drag_interval_s=0)
+
+
+def _event(ex, name, x, y, in_data=True, **kwargs):
     ex.fig.canvas.draw()
     px, py = ex.ax.transData.transform((x, y)) if in_data else (x, y)
-    event = MouseEvent("button_press_event", ex.fig.canvas, px, py, button=1)
-    ex.fig.canvas.callbacks.process("button_press_event", event)
+    event = MouseEvent(name, ex.fig.canvas, px, py, **kwargs)
+    ex.fig.canvas.callbacks.process(name, event)
     return event
+
+
+def _press(ex, x, y, in_data=True):
+    return _event(ex, "button_press_event", x, y, in_data, button=MouseButton.LEFT)
+
+
+def _move(ex, x, y, held=True):
+    return _event(ex, "motion_notify_event", x, y, buttons={MouseButton.LEFT} if held else set())
+
+
+def _release(ex, x, y):
+    return _event(ex, "button_release_event", x, y, button=MouseButton.LEFT)
+
+
+def _at(ex, fx, fy):
+    """The data point at fractions (fx, fy) of the axes."""
+    (x0, x1), (y0, y1) = ex.ax.get_xlim(), ex.ax.get_ylim()
+    return x0 + fx * (x1 - x0), y0 + fy * (y1 - y0)
 
 
 def _expected(ex, mnist, x, y):
@@ -33,30 +60,93 @@ def _expected(ex, mnist, x, y):
 
 
 def _png_pixels(png):
-    import io
-    return plt.imread(io.BytesIO(png))[..., 0]
+    pixels = plt.imread(io.BytesIO(png))
+    return pixels if pixels.ndim == 2 else pixels[..., 0]
 
 
 def test_click_decodes_exactly_that_point(explorer, mnist):
-    (x0, x1), (y0, y1) = explorer.ax.get_xlim(), explorer.ax.get_ylim()
     shown = []
     for fx, fy in ((0.3, 0.6), (0.8, 0.2)):
-        x, y = x0 + fx * (x1 - x0), y0 + fy * (y1 - y0)
-        event = _click(explorer, x, y)
+        event = _press(explorer, *_at(explorer, fx, fy))
+        _release(explorer, event.xdata, event.ydata)
         expected = _expected(explorer, mnist, event.xdata, event.ydata)
-        assert explorer.last_point == pytest.approx((x, y), abs=1e-6 * (x1 - x0 + y1 - y0) + 1e-4)
+        assert explorer.last_point == (event.xdata, event.ydata)
         np.testing.assert_allclose(explorer.last_image, expected, atol=1e-6)
         np.testing.assert_allclose(_png_pixels(explorer.image.value), expected, atol=0.5 / 255 + 1e-6)
-        assert f"x = {event.xdata:.5f}" in explorer.coords.value
+        assert f"x = {event.xdata:.5f}, y = {event.ydata:.5f}" in explorer.coords.value
         assert list(explorer.marker.get_xdata()) == [event.xdata]
+        assert list(explorer.marker.get_ydata()) == [event.ydata]
         shown.append(explorer.image.value)
     assert shown[0] != shown[1]
+    assert explorer.updates == 2  # a release where the press was decodes nothing more
+
+
+def test_a_drag_of_n_steps_gives_n_updates(explorer, mnist):
+    steps = [_at(explorer, 0.2 + 0.05 * i, 0.3 + 0.04 * i) for i in range(1, 11)]
+    _press(explorer, *_at(explorer, 0.2, 0.3))
+    for x, y in steps:
+        _move(explorer, x, y)
+        assert explorer.last_point == pytest.approx((x, y))
+    _release(explorer, *steps[-1])
+    assert explorer.updates == 1 + len(steps)
+    np.testing.assert_allclose(explorer.last_image, _expected(explorer, mnist, *explorer.last_point), atol=1e-6)
+
+
+def test_drag_updates_are_throttled_and_the_release_point_is_always_decoded(model, mnist):
+    ex = ah.LatentExplorer(model, mnist.test_images[:N_IMAGES], mnist.test_labels[:N_IMAGES], mnist,
+                           drag_interval_s=60)
+    _press(ex, *_at(ex, 0.2, 0.3))
+    for i in range(1, 11):
+        _move(ex, *_at(ex, 0.2 + 0.05 * i, 0.3))
+    assert ex.updates == 1  # every move fell within the interval after the press
+    end = _release(ex, *_at(ex, 0.75, 0.3))
+    assert ex.updates == 2
+    assert ex.last_point == (end.xdata, end.ydata)
+
+
+def test_moving_without_the_button_held_decodes_nothing(explorer):
+    _move(explorer, *_at(explorer, 0.5, 0.5), held=False)
+    assert explorer.updates == 0
+    _press(explorer, *_at(explorer, 0.5, 0.5))
+    _move(explorer, *_at(explorer, 0.6, 0.5), held=False)  # released outside the canvas
+    _move(explorer, *_at(explorer, 0.7, 0.5))
+    assert explorer.updates == 1
+
+
+def test_neighbours_equal_a_brute_force_search(explorer, model, mnist):
+    codes = ah.encode(model, mnist.test_images[:N_IMAGES]).numpy()
+    pixels = mnist.to_pixels(mnist.test_images[:N_IMAGES]).clamp(0, 1).reshape(-1, 28, 28).numpy()
+    for fx, fy in ((0.1, 0.1), (0.5, 0.5), (0.9, 0.3), (3.0, 3.0)):  # the last is far outside the data
+        x, y = _at(explorer, fx, fy)
+        explorer.decode_at(x, y)
+        distances = np.linalg.norm(codes - np.array([x, y]), axis=1)
+        nearest = np.argsort(distances, kind="stable")[:5]
+        indices, shown_distances = explorer.last_neighbours
+        assert indices.tolist() == nearest.tolist()
+        np.testing.assert_allclose(shown_distances, distances[nearest], rtol=1e-4, atol=1e-5)
+        for i, image, label in zip(nearest, explorer.neighbour_images, explorer.neighbour_labels):
+            np.testing.assert_allclose(_png_pixels(image.value), pixels[i], atol=0.5 / 255 + 1e-6)
+            assert label.value.startswith(f"<span class='neighbour'>{int(mnist.test_labels[i])} ")
+
+
+def test_spacing_is_each_codes_distance_to_its_nearest_other_code(explorer, model, mnist):
+    codes = ah.encode(model, mnist.test_images[:N_IMAGES]).numpy()
+    distances = np.linalg.norm(codes[:, None] - codes[None], axis=2) + np.eye(len(codes)) * 1e9
+    np.testing.assert_allclose(explorer.neighbours.spacing.numpy(), distances.min(1), rtol=1e-4, atol=1e-5)
+
+
+def test_a_point_on_the_data_is_among_test_digits_and_one_far_away_is_invented(explorer):
+    x, y = explorer.neighbours.codes[7].tolist()
+    explorer.decode_at(x, y)
+    assert "among test digits" in explorer.nearest.value
+    explorer.decode_at(*_at(explorer, 3.0, 3.0))  # two axes widths beyond the plot
+    assert "the decoder invents" in explorer.nearest.value
 
 
 def test_clicks_outside_the_axes_change_nothing(explorer):
     explorer.decode_at(0.0, 0.0)
     before = (explorer.image.value, explorer.coords.value, explorer.last_point)
-    _click(explorer, 2, 2, in_data=False)  # the figure's bottom-left corner, outside the axes
+    _press(explorer, 2, 2, in_data=False)  # the figure's bottom-left corner, outside the axes
     assert (explorer.image.value, explorer.coords.value, explorer.last_point) == before
 
 
@@ -64,11 +154,59 @@ def test_errors_in_the_handler_are_shown_not_swallowed(explorer, monkeypatch):
     def broken(z):
         raise RuntimeError("decoder exploded")
     monkeypatch.setattr(explorer.model, "decode", broken)
-    _click(explorer, *np.mean([explorer.ax.get_xlim(), explorer.ax.get_ylim()], axis=1))
+    _press(explorer, *_at(explorer, 0.5, 0.5))
     assert "RuntimeError: decoder exploded" in explorer.error.value
     assert explorer.last_point is None
 
 
-def test_explore_demands_the_widget_backend():
-    with pytest.raises(RuntimeError, match="%matplotlib widget"):
-        ah.explore()
+def test_pyplot_does_not_own_the_figure_so_closing_all_figures_keeps_the_canvas(explorer):
+    # What a later `%matplotlib inline` cell does at its end: show, then close, every pyplot figure.
+    assert explorer.fig not in [plt.figure(n) for n in plt.get_fignums()]
+    plt.close("all")
+    assert explorer.fig.canvas.comm is not None  # a closed ipympl canvas has no comm: an empty widget
+    _press(explorer, *_at(explorer, 0.5, 0.5))
+    assert explorer.updates == 1
+
+
+def test_building_an_explorer_leaves_pyplots_backend_as_it_was():
+    # Importing ipympl switches pyplot to ipympl; later cells must keep drawing with their own backend.
+    code = ("import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt; import torch; "
+            "import ae_helpers as ah; data = ah.load_mnist(download=False); "
+            "ah.LatentExplorer(ah.Autoencoder((8, 2)), data.test_images[:100], data.test_labels[:100], data); "
+            "print(matplotlib.get_backend())")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "svg"
+
+
+def test_a_drag_redraws_only_the_marker(explorer, monkeypatch):
+    explorer.fig.canvas.draw()
+    full_draws = []
+    monkeypatch.setattr(explorer.fig.canvas, "draw", lambda *a, **k: full_draws.append(1))
+    monkeypatch.setattr(explorer.fig.canvas, "draw_idle", lambda *a, **k: full_draws.append(1))
+    for i in range(5):
+        explorer.decode_at(*_at(explorer, 0.1 * i, 0.5))
+    assert full_draws == []
+
+
+def test_without_ipympl_the_explorer_is_static_and_says_the_fix(model, mnist, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ipympl.backend_nbagg", None)  # import fails as if not installed
+    ex = ah.LatentExplorer(model, mnist.test_images[:N_IMAGES], mnist.test_labels[:N_IMAGES], mnist)
+    message = ex.widget.children[0].children[0].value
+    assert "no `ipympl`" in message and "pip install ipympl==0.10.0" in message and "restart the kernel" in message
+    before = ex.static_view.value
+    x, y = _at(ex, 0.5, 0.5)
+    np.testing.assert_allclose(ex.decode_at(x, y), _expected(ex, mnist, x, y), atol=1e-6)
+    assert ex.static_view.value != before  # the marker is drawn into the static plot
+
+
+def test_explore_loads_the_run_and_the_data_it_was_trained_on():
+    ex = ah.explore(ROOT / "default_layers/adam_lr5e-4")
+    raw = ah.load_mnist(ROOT / "data", normalize=False)
+    assert ex.data.std == pytest.approx(0.3081, abs=1e-4)  # the run was trained on normalized images
+    assert np.array_equal(ex.pixels[:20], (raw.test_images[:20] * 255).round().to(torch.uint8).reshape(-1, 28, 28).numpy())
+    assert len(ex.labels) == 10000
+    x, y = _at(ex, 0.4, 0.6)
+    with torch.no_grad():
+        out = ex.model.decode(torch.tensor([[x, y]], dtype=torch.float32))[0] * raw.pixel_std + raw.pixel_mean
+    np.testing.assert_allclose(ex.decode_at(x, y), out.clamp(0, 1).reshape(28, 28).numpy(), atol=1e-6)

@@ -20,10 +20,33 @@ def test_default_architecture_is_mirrored_with_linear_bottleneck_and_output():
     assert torch.equal(model(x), model.decode(model.encode(x)))
 
 
+def test_the_model_takes_a_dataloader_batch_of_images(mnist):
+    from torchvision import datasets, transforms
+    from conftest import ROOT
+    dataset = datasets.MNIST(ROOT / "data", train=False, download=False, transform=transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((mnist.mean,), (mnist.std,))]))
+    images, _ = next(iter(torch.utils.data.DataLoader(dataset, batch_size=8)))
+    assert images.shape == (8, 1, 28, 28)
+    model = ah.Autoencoder((32, 2)).eval()
+    with torch.no_grad():
+        assert torch.equal(model.encode(images), model.encode(images.flatten(1)))
+        assert torch.equal(model(images), model(images.flatten(1)))
+        assert torch.allclose(model(images), model(mnist.test_images[:8]), atol=1e-5)  # the same pixels
+        assert model(images).shape == (8, 784)
+
+
+@pytest.mark.parametrize("shape", [(4, 783), (4, 2, 28, 28), (4, 28, 29)])
+def test_images_of_the_wrong_size_are_refused_with_the_shapes_it_takes(shape):
+    with pytest.raises(ValueError, match=r"shaped \(N, 784\) or \(N, 1, 28, 28\); got shape"):
+        ah.Autoencoder((32, 2))(torch.zeros(shape))
+
+
 @pytest.mark.parametrize("activation", sorted(ah.ACTIVATIONS))
-def test_activation_choice_is_used(activation):
-    model = ah.Autoencoder((16, 2), activation)
-    assert any(isinstance(m, ah.ACTIVATIONS[activation]) for m in model.modules())
+def test_every_hidden_layer_of_encoder_and_decoder_uses_the_chosen_activation(activation):
+    model = ah.Autoencoder((64, 32, 2), activation)
+    chosen = ah.ACTIVATIONS[activation]
+    assert [type(m) for m in model.encoder] == [nn.Linear, chosen, nn.Linear, chosen, nn.Linear]
+    assert [type(m) for m in model.decoder] == [nn.Linear, chosen, nn.Linear, chosen, nn.Linear]
 
 
 @pytest.mark.parametrize("sizes", [(), (0, 2), (100, -2), (100, 2.5), "100,2", (True, 2), None])
