@@ -18,9 +18,10 @@ $(VENV)/.installed: requirements.txt
 data: venv
 	$(PY) ae_helpers.py fetch
 
-# Debian's Chromium for the browser test (Playwright cannot download its own browsers here).
-browser:
-	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+# A Chrome or Chromium for the browser tests: $CHROME_PATH, an installed one, else Playwright's own
+# download; without one the browser tests are skipped with a message (a failure under CI=true).
+browser: venv
+	$(PY) tests/find_browser.py --install
 
 run: data
 	$(PY) -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=3600 $(NOTEBOOK)

@@ -2,6 +2,8 @@
 import csv
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -56,3 +58,12 @@ def test_readme_figures_match_the_committed_results():
     for name in ah.COMMITTED_WEIGHTS:
         metrics = json.loads((ROOT / name / "metrics.json").read_text())
         assert f"{metrics['test_mse']:.4f}" in readme, f"README does not quote {name}'s test MSE"
+
+
+def test_jupyterlab_has_the_explorer_front_end_the_readme_names():
+    listed = subprocess.run([sys.executable, "-m", "jupyter", "labextension", "list"], capture_output=True,
+                            text=True, timeout=120)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", listed.stdout + listed.stderr)
+    named = re.search(r"it must list `(jupyter-matplotlib v[0-9.]+ enabled OK)`", (ROOT / "README.md").read_text())
+    assert named, "README's troubleshooting does not name the extension line"
+    assert named.group(1) in plain
