@@ -1,15 +1,26 @@
 """Shared fixtures: the real MNIST (fetched and verified once) and small helpers."""
+import os
 import sys
 from pathlib import Path
 
-import matplotlib
-import pytest
+# Tests run on the CPU, also on a machine with a GPU: "auto" would send the tests' CPU tensors to a CUDA
+# model. Set before torch is imported, so that it holds here and in every process the tests start.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import matplotlib  # noqa: E402
+import pytest  # noqa: E402
 
 matplotlib.use("Agg")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ae_helpers as ah  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_apple_gpu(monkeypatch):
+    """The same for Apple's MPS, which no environment variable hides: "auto" means the CPU in tests."""
+    monkeypatch.setattr(ah, "_mps_available", lambda: False)
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +38,19 @@ def raw_dir(mnist):
 def small_config():
     """A run that trains in about a second on real MNIST: 2,000 images, a 64-2 net."""
     return ah.RunConfig(layer_sizes=(64, 2), epochs=3, train_subset=2000, batch_size=100, track_every=1)
+
+
+def _committed_results():
+    return {str(p.relative_to(ROOT)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for folder in ("default_layers", "mynet") for p in sorted((ROOT / folder).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def committed_results_stay_untouched():
+    """No test, and not the notebook under nbval (which runs after the tests, in this session), writes
+    into the committed run folders: quick mode must train in a temporary folder."""
+    before = _committed_results()
+    yield
+    after = _committed_results()
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"the test session wrote into the committed results: {changed[:10]}"

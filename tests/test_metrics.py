@@ -42,3 +42,16 @@ def test_pca2_baseline_on_real_mnist(mnist):
     # the validation codes (5,000 training images held out) are as separable as the test codes;
     # a label mix-up between splits would drop this to chance (0.1)
     assert baseline["knn5_val_accuracy"] == pytest.approx(baseline["knn5_accuracy"], abs=0.03)
+
+
+def test_the_manifold_grid_puts_high_y_at_the_top_and_high_x_at_the_right(mnist):
+    torch.manual_seed(0)
+    model = ah.Autoencoder((32, 2)).eval()
+    extent, n = (-2.0, 3.0, -1.0, 4.0), 5  # xmin, xmax, ymin, ymax
+    grid = ah.decode_grid(model, extent, n, mnist)
+    for row, y in enumerate(np.linspace(4.0, -1.0, n)):  # the top row is the highest y, as imshow draws it
+        for col, x in enumerate(np.linspace(-2.0, 3.0, n)):
+            with torch.no_grad():
+                expected = model.decode(torch.tensor([[x, y]], dtype=torch.float32))[0] * mnist.std + mnist.mean
+            cell = grid[row * 28:(row + 1) * 28, col * 28:(col + 1) * 28]
+            assert torch.allclose(cell, expected.clamp(0, 1).reshape(28, 28), atol=1e-6), (row, col)

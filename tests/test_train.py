@@ -36,6 +36,29 @@ def test_training_reduces_loss_and_keeps_best_validation_weights(mnist, small_co
     assert 0 < run.metrics["knn5_accuracy"] <= 1
 
 
+def _scripted_validation(monkeypatch, val_losses, val_size):
+    """The validation loss that training sees, epoch by epoch (the weights and all else are real)."""
+    real, script = ah.evaluate_loss, list(val_losses)
+
+    def evaluate_loss(model, images, loss="mse", **kwargs):
+        if len(images) == val_size and script:
+            return script.pop(0)
+        return real(model, images, loss, **kwargs)
+    monkeypatch.setattr(ah, "evaluate_loss", evaluate_loss)
+
+
+def test_when_validation_loss_rises_the_best_epochs_weights_are_kept_not_the_last(mnist, small_config,
+                                                                                  monkeypatch):
+    config = ah.RunConfig(**{**small_config.to_dict(), "epochs": 4})
+    _scripted_validation(monkeypatch, [0.9, 0.5, 0.7, 0.8], config.val_size)
+    run = ah.train(config, mnist, progress=False)
+    _scripted_validation(monkeypatch, [0.9, 0.5], config.val_size)
+    two_epochs = ah.train(ah.RunConfig(**{**config.to_dict(), "epochs": 2}), mnist, progress=False)
+    assert run.metrics["best_epoch"] == 2 and run.history["val_loss"] == [0.9, 0.5, 0.7, 0.8]
+    for name, weights in run.model.state_dict().items():
+        assert torch.equal(weights, two_epochs.model.state_dict()[name]), name
+
+
 def test_run_folder_is_complete_and_loads(mnist, small_config, tmp_path):
     run = ah.train(small_config, mnist, run_dir=tmp_path / "run", progress=False)
     assert ah.run_is_complete(tmp_path / "run", small_config)
@@ -129,13 +152,21 @@ def test_loading_never_runs_pickled_code(tmp_path):
     assert not marker.exists()
 
 
+def test_quick_mode_trains_a_saved_run_in_a_temporary_folder(mnist, monkeypatch, tmp_path):
+    monkeypatch.setattr(ah, "QUICK", True)
+    monkeypatch.setattr(ah, "_QUICK_ROOT", tmp_path)
+    run = ah.get_run(ah.EXPERIMENTS["mynet/adam_lr5e-4"], "mynet/adam_lr5e-4", mnist, progress=False)
+    assert run.run_dir.resolve().is_relative_to(tmp_path.resolve())
+    assert run.config.epochs == 1 and ah.run_is_complete(run.run_dir, run.config)
+
+
 def test_quick_config_shrinks_only_in_quick_mode(monkeypatch):
     config = ah.RunConfig()
     monkeypatch.setattr(ah, "QUICK", False)
     assert ah.quick_config(config) is config
     monkeypatch.setattr(ah, "QUICK", True)
     quick = ah.quick_config(config)
-    assert quick.epochs == 2 and quick.train_subset == 5000 and quick.layer_sizes == config.layer_sizes
+    assert quick.epochs == 1 and quick.train_subset == 2000 and quick.layer_sizes == config.layer_sizes
 
 
 def test_weight_average_is_an_exponential_moving_average():
