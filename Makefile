@@ -37,6 +37,7 @@ results: data
 
 bench: data
 	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_explorer.py
 
 clean:
 	rm -rf $(VENV) test-artifacts runs

@@ -305,9 +305,9 @@ class Autoencoder(nn.Module):
 
     def encode(self, x):
         """(N, 784) or (N, 1, 28, 28) images (a DataLoader batch) -> (N, latent_dim) codes."""
-        if x.dim() != 2:
+        if x.dim() > 2:
             x = x.flatten(1)
-        if x.shape[-1] != self.input_dim:
+        if x.dim() != 2 or x.shape[-1] != self.input_dim:
             raise ValueError(f"expected images of {self.input_dim} values each, shaped (N, {self.input_dim}) or "
                              f"(N, 1, 28, 28); got shape {tuple(x.shape)}.")
         return self.encoder(x)
@@ -1211,7 +1211,7 @@ class LatentExplorer:
         self.neighbour_images = [widgets.Image(format="png", width=56, height=56) for _ in range(k)]
         self.neighbour_labels = [widgets.HTML("") for _ in range(k)]
         self.nearest = widgets.HTML("")
-        self._background, self._dragging, self._skipped, self._last_update = None, False, False, -math.inf
+        self._background, self._dragging, self._skipped, self._last_update = None, False, None, -math.inf
         self.last_point, self.last_image, self.last_neighbours, self.updates = None, None, None, 0
         if canvas is None:
             from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -1226,6 +1226,9 @@ class LatentExplorer:
             canvas.mpl_connect("button_press_event", self._on_press)
             canvas.mpl_connect("motion_notify_event", self._on_motion)
             canvas.mpl_connect("button_release_event", self._on_release)
+            self._catch_up_timer = canvas.new_timer(interval=int(1000 * drag_interval_s) + 1)
+            self._catch_up_timer.single_shot = True
+            self._catch_up_timer.add_callback(self._catch_up)
         self.widget = self._layout(widgets, view)
 
     def _layout(self, widgets, view):
@@ -1304,21 +1307,30 @@ class LatentExplorer:
             return
         if time.perf_counter() - self._last_update >= self.drag_interval_s:
             self._decode_event(event)
-        else:
-            self._skipped = True  # the release will catch up
+        else:  # too soon: decode it when the interval is over, unless a newer move or the release comes first
+            self._skipped = (event.xdata, event.ydata)
+            self._catch_up_timer.start()
 
     def _on_release(self, event):
         if self._dragging and self._skipped and self._in_plot(event):
             self._decode_event(event)
         self._dragging = False
 
+    def _catch_up(self):
+        """The last skipped move, decoded once the interval is over (the pointer stopped, button held)."""
+        if self._dragging and self._skipped:
+            self._decode_point(*self._skipped)
+
     def _decode_event(self, event):
-        self._last_update, self._skipped = time.perf_counter(), False
+        self._decode_point(event.xdata, event.ydata)
+
+    def _decode_point(self, x, y):
+        self._last_update, self._skipped = time.perf_counter(), None
         try:
-            self.decode_at(event.xdata, event.ydata)
+            self.decode_at(x, y)
         except Exception as exc:  # shown in the widget, never swallowed
-            self.error.value = (f"<span style='color:#b00020'>Could not decode ({event.xdata:.3f}, "
-                                f"{event.ydata:.3f}): {type(exc).__name__}: {exc}</span>")
+            self.error.value = (f"<span style='color:#b00020'>Could not decode ({x:.3f}, {y:.3f}): "
+                                f"{type(exc).__name__}: {exc}</span>")
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)

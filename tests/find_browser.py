@@ -63,7 +63,11 @@ def find_browser(environ=os.environ):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    browser = find_browser()
+    try:
+        browser = find_browser()
+    except BrowserNotFound as exc:  # the browser tests will fail with the same message
+        print(exc)
+        return 0
     if browser is None and "--install" in argv:
         print("No Chrome or Chromium found; trying Playwright's own download (`playwright install chromium`) ...")
         try:

@@ -48,3 +48,12 @@ def test_compiled_path_learns_the_same_as_eager(mnist):
         losses.append([ah.train_epoch(forward, optimizer, images, order, 128).item() / 512 for _ in range(3)])
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
     assert losses[0][2] < losses[0][0]
+
+
+def test_the_explorer_benchmark_times_one_blitted_update_per_point(mnist):
+    import bench_explorer
+    torch.manual_seed(0)
+    explorer = ah.LatentExplorer(ah.Autoencoder((32, 2)), mnist.test_images[:300], mnist.test_labels[:300], mnist)
+    seconds = bench_explorer.measure(explorer, 7)
+    assert len(seconds) == 7 and all(s > 0 for s in seconds)
+    assert explorer.updates == 7 and explorer._background is not None  # the marker was blitted, not redrawn

@@ -104,6 +104,18 @@ def test_drag_updates_are_throttled_and_the_release_point_is_always_decoded(mode
     assert ex.last_point == (end.xdata, end.ydata)
 
 
+def test_a_drag_that_stops_with_the_button_held_catches_up_on_the_last_point(model, mnist):
+    ex = ah.LatentExplorer(model, mnist.test_images[:N_IMAGES], mnist.test_labels[:N_IMAGES], mnist,
+                           drag_interval_s=60)
+    _press(ex, *_at(ex, 0.2, 0.3))
+    last = _move(ex, *_at(ex, 0.6, 0.3))  # within the interval: skipped for now
+    assert ex.updates == 1
+    ex._catch_up()  # what the timer armed by the skipped move calls when the interval is over
+    assert ex.updates == 2 and ex.last_point == (last.xdata, last.ydata)
+    ex._catch_up()  # nothing left to catch up
+    assert ex.updates == 2
+
+
 def test_moving_without_the_button_held_decodes_nothing(explorer):
     _move(explorer, *_at(explorer, 0.5, 0.5), held=False)
     assert explorer.updates == 0

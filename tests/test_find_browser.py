@@ -42,3 +42,9 @@ def test_without_a_browser_the_browser_tests_skip_saying_how_to_enable_them_but_
                             text=True, timeout=300)
     assert result.returncode == returncode, result.stdout[-2000:]
     assert words in result.stdout
+
+
+def test_make_browser_reports_a_wrong_chrome_path_without_failing_the_build(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CHROME_PATH", str(tmp_path / "missing"))
+    assert find_browser.main([]) == 0
+    assert "CHROME_PATH is set to" in capsys.readouterr().out

@@ -35,7 +35,7 @@ def test_the_model_takes_a_dataloader_batch_of_images(mnist):
         assert model(images).shape == (8, 784)
 
 
-@pytest.mark.parametrize("shape", [(4, 783), (4, 2, 28, 28), (4, 28, 29)])
+@pytest.mark.parametrize("shape", [(4, 783), (4, 2, 28, 28), (4, 28, 29), (784,)])
 def test_images_of_the_wrong_size_are_refused_with_the_shapes_it_takes(shape):
     with pytest.raises(ValueError, match=r"shaped \(N, 784\) or \(N, 1, 28, 28\); got shape"):
         ah.Autoencoder((32, 2))(torch.zeros(shape))
