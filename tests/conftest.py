@@ -1,5 +1,6 @@
 """Shared fixtures: the real MNIST (fetched and verified once) and small helpers."""
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,6 +22,17 @@ import ae_helpers as ah  # noqa: E402
 def _no_apple_gpu(monkeypatch):
     """The same for Apple's MPS, which no environment variable hides: "auto" means the CPU in tests."""
     monkeypatch.setattr(ah, "_mps_available", lambda: False)
+
+
+def copy_project(dest):
+    """What the notebook reads, copied into ``dest``: running it there (and JupyterLab's autosave)
+    touches nothing in the repository. The verified MNIST is linked, only read."""
+    for name in ("bmi219_autoencoder.ipynb", "ae_helpers.py"):
+        shutil.copy2(ROOT / name, dest / name)
+    for name in ("default_layers", "mynet"):
+        shutil.copytree(ROOT / name, dest / name)
+    (dest / "data").symlink_to(ROOT / "data")
+    return dest
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -18,11 +17,10 @@ import urllib.request
 
 import numpy as np
 import pytest
-import torch
 from find_browser import HOW_TO_ENABLE, find_browser
 
 import ae_helpers as ah
-from conftest import ROOT
+from conftest import ROOT, copy_project
 
 ARTIFACTS = ROOT / "test-artifacts"
 NOTEBOOK = "bmi219_autoencoder.ipynb"
@@ -45,14 +43,7 @@ def browser_path():
 
 @pytest.fixture(scope="module")
 def project_copy(tmp_path_factory):
-    """What the notebook reads, copied, so that the run (and JupyterLab's autosave) touches nothing here."""
-    work = tmp_path_factory.mktemp("project")
-    for name in (NOTEBOOK, "ae_helpers.py"):
-        shutil.copy2(ROOT / name, work / name)
-    for name in ("default_layers", "mynet"):
-        shutil.copytree(ROOT / name, work / name)
-    (work / "data").symlink_to(ROOT / "data")  # verified MNIST, only read
-    return work
+    return copy_project(tmp_path_factory.mktemp("project"))
 
 
 def _free_port():

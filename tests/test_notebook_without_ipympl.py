@@ -1,28 +1,19 @@
 """A kernel without ipympl: Run All still finishes, and the explorer cell says what to install."""
 import json
 import os
-import shutil
 
 import nbclient
 import nbformat
-from conftest import ROOT
+from conftest import ROOT, copy_project
 
 NOTEBOOK = "bmi219_autoencoder.ipynb"
-
-
-def _copy_of_the_project(work):
-    for name in (NOTEBOOK, "ae_helpers.py"):
-        shutil.copy2(ROOT / name, work / name)
-    for name in ("default_layers", "mynet"):
-        shutil.copytree(ROOT / name, work / name)
-    (work / "data").symlink_to(ROOT / "data")
 
 
 def test_run_all_without_ipympl_finishes_and_the_explorer_says_the_fix(tmp_path):
     work, hidden = tmp_path / "work", tmp_path / "hidden"
     work.mkdir()
     hidden.mkdir()
-    _copy_of_the_project(work)
+    copy_project(work)
     (hidden / "ipympl.py").write_text("raise ImportError('No module named ipympl (hidden by the test)')\n")
     nb = nbformat.read(work / NOTEBOOK, as_version=4)
     env = {**os.environ, "AE_QUICK": "1", "PYTHONPATH": str(hidden)}
