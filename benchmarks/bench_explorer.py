@@ -7,6 +7,7 @@ benchmarks/explorer.json.
 
     python benchmarks/bench_explorer.py [--updates 200]
 """
+
 import argparse
 import json
 import platform
@@ -42,17 +43,30 @@ def main():
     parser.add_argument("--updates", type=int, default=200)
     args = parser.parse_args()
     import matplotlib
+
     matplotlib.use("Agg")
     explorer = ah.explore(ROOT / "default_layers/adam_lr5e-4", data=ah.load_mnist(ROOT / "data"))
     seconds = measure(explorer, args.updates)
     ms = sorted(1000 * s for s in seconds)
-    result = {"update_ms": {"median": round(statistics.median(ms), 2), "p90": round(ms[int(0.9 * len(ms))], 2),
-                            "max": round(ms[-1], 2), "n": len(ms)},
-              "machine": {"processor": _cpu_name(), "threads": torch.get_num_threads(),
-                          "platform": platform.platform(), "torch": torch.__version__}}
-    print(f"one explorer update in the kernel: median {result['update_ms']['median']} ms, "
-          f"90th percentile {result['update_ms']['p90']} ms, max {result['update_ms']['max']} ms "
-          f"({len(ms)} updates, {result['machine']['processor']}, {result['machine']['threads']} threads)")
+    result = {
+        "update_ms": {
+            "median": round(statistics.median(ms), 2),
+            "p90": round(ms[int(0.9 * len(ms))], 2),
+            "max": round(ms[-1], 2),
+            "n": len(ms),
+        },
+        "machine": {
+            "processor": _cpu_name(),
+            "threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
+    }
+    print(
+        f"one explorer update in the kernel: median {result['update_ms']['median']} ms, "
+        f"90th percentile {result['update_ms']['p90']} ms, max {result['update_ms']['max']} ms "
+        f"({len(ms)} updates, {result['machine']['processor']}, {result['machine']['threads']} threads)"
+    )
     out = ROOT / "benchmarks" / "explorer.json"
     ah._atomic_text(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")

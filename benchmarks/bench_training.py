@@ -6,9 +6,8 @@ implies for this model. Prints a table and writes benchmarks/results.json.
 
     python benchmarks/bench_training.py [--rounds 3] [--steps 60]
 """
+
 import argparse
-import json
-import os
 import platform
 import statistics
 import sys
@@ -41,7 +40,7 @@ def gemm_flops(dtype, n=4096, repeats=5):
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 def _timed(fn):
@@ -53,8 +52,13 @@ def _timed(fn):
 def pipeline_a(steps):
     """The original: torchvision dataset, per-sample ToTensor + Normalize, DataLoader with 4 workers."""
     from torchvision import datasets, transforms
-    dataset = datasets.MNIST(str(ROOT / "data"), train=True, download=False, transform=transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]))
+
+    dataset = datasets.MNIST(
+        str(ROOT / "data"),
+        train=True,
+        download=False,
+        transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]),
+    )
     loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=4)
     torch.manual_seed(0)
     model = ah.Autoencoder()
@@ -89,9 +93,9 @@ def pipeline_b(steps, data, bf16=False, compile=False):
         model = torch.compile(model)
     images = data.train_images[: (steps + 5) * BATCH]
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-    ah.train_epoch(model, optimizer, images, order[:5 * BATCH], BATCH, bf16=bf16)
+    ah.train_epoch(model, optimizer, images, order[: 5 * BATCH], BATCH, bf16=bf16)
     t0 = time.perf_counter()
-    total = ah.train_epoch(model, optimizer, images, order[5 * BATCH:], BATCH, bf16=bf16)
+    total = ah.train_epoch(model, optimizer, images, order[5 * BATCH :], BATCH, bf16=bf16)
     total.item()
     return steps * BATCH / (time.perf_counter() - t0)
 
@@ -131,13 +135,23 @@ def main():
     median = {k: statistics.median(v) for k, v in samples.items()}
     roofline = {k: g / fps for k, g in gemm.items()}
     result = {
-        "machine": {"platform": platform.platform(), "processor": _cpu_name(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "device": "cpu"},
-        "batch_size": BATCH, "steps_per_measurement": args.steps, "rounds": args.rounds,
-        "flop_per_sample": fps, "gemm_gflops": {k: round(v / 1e9, 1) for k, v in gemm.items()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": _cpu_name(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "device": "cpu",
+        },
+        "batch_size": BATCH,
+        "steps_per_measurement": args.steps,
+        "rounds": args.rounds,
+        "flop_per_sample": fps,
+        "gemm_gflops": {k: round(v / 1e9, 1) for k, v in gemm.items()},
         "roofline_samples_per_s": {k: round(v) for k, v in roofline.items()},
-        "samples_per_s": {k: {"median": round(median[k]), "min": round(min(v)), "max": round(max(v)), "all": [round(x) for x in v]}
-                          for k, v in samples.items()},
+        "samples_per_s": {
+            k: {"median": round(median[k]), "min": round(min(v)), "max": round(max(v)), "all": [round(x) for x in v]}
+            for k, v in samples.items()
+        },
         "ratio_B_over_A": round(median["B"] / median["A"], 2),
         "ratio_B_bf16_over_A": round(median["B_bf16"] / median["A"], 2),
         "B_percent_of_fp32_roofline": round(100 * median["B"] / roofline["float32"], 1),
@@ -148,28 +162,38 @@ def main():
         "adam_step_share_of_B_step": round(adam / (BATCH / median["B"]), 3),
         "adam_step_share_of_B_bf16_step": round(adam / (BATCH / median["B_bf16"]), 3),
     }
-    print(f"\nFLOP per sample (forward + backward): {fps / 1e6:.2f} M")
-    print(f"GEMM: float32 {result['gemm_gflops']['float32']} GFLOP/s, bfloat16 {result['gemm_gflops']['bfloat16']} GFLOP/s")
+    _report(result)
+    out = ROOT / "benchmarks" / "results.json"
+    ah.write_json(out, result)
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+def _report(result):
+    print(f"\nFLOP per sample (forward + backward): {result['flop_per_sample'] / 1e6:.2f} M")
+    gemm = result["gemm_gflops"]
+    print(f"GEMM: float32 {gemm['float32']} GFLOP/s, bfloat16 {gemm['bfloat16']} GFLOP/s")
     for k, v in result["samples_per_s"].items():
         print(f"{k:7s} {v['median']:>8,} samples/s (min {v['min']:,}, max {v['max']:,})")
-    print(f"B/A = {result['ratio_B_over_A']}, B_bf16/A = {result['ratio_B_bf16_over_A']}, "
-          f"B_compiled/B = {result['ratio_B_compiled_over_B']}")
-    print(f"fused Adam step alone: {result['adam_step_ms']} ms = {100 * result['adam_step_share_of_B_step']:.0f}% "
-          f"of B's step, {100 * result['adam_step_share_of_B_bf16_step']:.0f}% of B_bf16's")
-    print(f"B = {result['B_percent_of_fp32_roofline']}% of the float32 roofline "
-          f"({result['roofline_samples_per_s']['float32']:,} samples/s)")
-    out = ROOT / "benchmarks" / "results.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(
+        f"B/A = {result['ratio_B_over_A']}, B_bf16/A = {result['ratio_B_bf16_over_A']}, "
+        f"B_compiled/B = {result['ratio_B_compiled_over_B']}"
+    )
+    print(
+        f"fused Adam step alone: {result['adam_step_ms']} ms = {100 * result['adam_step_share_of_B_step']:.0f}% "
+        f"of B's step, {100 * result['adam_step_share_of_B_bf16_step']:.0f}% of B_bf16's"
+    )
+    print(
+        f"B = {result['B_percent_of_fp32_roofline']}% of the float32 roofline "
+        f"({result['roofline_samples_per_s']['float32']:,} samples/s)"
+    )
 
 
 def _cpu_name():
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor()

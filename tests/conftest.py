@@ -1,8 +1,6 @@
 """Shared fixtures: the real MNIST (fetched and verified once) and small helpers."""
+
 import os
-import shutil
-import sys
-from pathlib import Path
 
 # Tests run on the CPU, also on a machine with a GPU: "auto" would send the tests' CPU tensors to a CUDA
 # model. Set before torch is imported, so that it holds here and in every process the tests start.
@@ -12,27 +10,15 @@ import matplotlib  # noqa: E402
 import pytest  # noqa: E402
 
 matplotlib.use("Agg")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import ae_helpers as ah  # noqa: E402
+from support import ROOT  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _no_apple_gpu(monkeypatch):
     """The same for Apple's MPS, which no environment variable hides: "auto" means the CPU in tests."""
     monkeypatch.setattr(ah, "_mps_available", lambda: False)
-
-
-def copy_project(dest):
-    """What the notebook reads, copied into ``dest``: running it there (and JupyterLab's autosave)
-    touches nothing in the repository. The verified MNIST is linked, only read."""
-    for name in ("bmi219_autoencoder.ipynb", "ae_helpers.py"):
-        shutil.copy2(ROOT / name, dest / name)
-    for name in ("default_layers", "mynet"):
-        shutil.copytree(ROOT / name, dest / name)
-    (dest / "data").symlink_to(ROOT / "data")
-    return dest
 
 
 @pytest.fixture(scope="session")
@@ -53,8 +39,12 @@ def small_config():
 
 
 def _committed_results():
-    return {str(p.relative_to(ROOT)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for folder in ("default_layers", "mynet") for p in sorted((ROOT / folder).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(ROOT)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for folder in ("default_layers", "mynet")
+        for p in sorted((ROOT / folder).rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -10,6 +10,7 @@ Looked for in this order:
 when nothing is found, tries ``playwright install chromium`` once; it never fails the build:
 without a browser the browser tests are skipped with a message (a failure under ``CI=true``).
 """
+
 import os
 import shutil
 import subprocess
@@ -21,12 +22,17 @@ LOCATIONS = (
     "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome",
     "/Applications/Chromium.app/Contents/MacOS/Chromium",
     str(Path.home() / "Applications/Google Chrome.app/Contents/MacOS/Google Chrome"),
-    "/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome", "/snap/bin/chromium",
+    "/usr/bin/chromium",
+    "/usr/bin/chromium-browser",
+    "/usr/bin/google-chrome",
+    "/snap/bin/chromium",
     "/opt/google/chrome/chrome",
 )
-HOW_TO_ENABLE = ("Install Chrome or Chromium (Debian/Ubuntu: `apt-get install chromium`; macOS: Google Chrome from "
-                 "google.com/chrome), or set CHROME_PATH to its executable, or run "
-                 "`.venv/bin/python -m playwright install chromium` where the network allows; then `make test`.")
+HOW_TO_ENABLE = (
+    "Install Chrome or Chromium (Debian/Ubuntu: `apt-get install chromium`; macOS: Google Chrome from "
+    "google.com/chrome), or set CHROME_PATH to its executable, or run "
+    "`.venv/bin/python -m playwright install chromium` where the network allows; then `make test`."
+)
 
 
 class BrowserNotFound(RuntimeError):
@@ -36,6 +42,7 @@ class BrowserNotFound(RuntimeError):
 def _playwright_chromium():
     try:
         from playwright.sync_api import sync_playwright
+
         with sync_playwright() as p:
             path = p.chromium.executable_path
     except Exception:  # playwright missing or its driver broken: no browser from it
@@ -48,8 +55,10 @@ def find_browser(environ=os.environ):
     chosen = environ.get("CHROME_PATH")
     if chosen:
         if not os.path.isfile(chosen):
-            raise BrowserNotFound(f"CHROME_PATH is set to {chosen!r}, which is not a file. Point it at a Chrome or "
-                                  "Chromium executable, or unset it to search the usual places.")
+            raise BrowserNotFound(
+                f"CHROME_PATH is set to {chosen!r}, which is not a file. Point it at a Chrome or "
+                "Chromium executable, or unset it to search the usual places."
+            )
         return chosen
     for name in NAMES:
         found = shutil.which(name, path=environ.get("PATH", os.defpath))

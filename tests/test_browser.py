@@ -5,6 +5,7 @@ drives Chrome or Chromium (found by ``find_browser``): it opens ``bmi219_autoenc
 chooses Run > Run All Cells, waits for the kernel to finish, scrolls back to the explorer, clicks
 and drags in it, and checks what the page shows against the decoder and a brute-force neighbour search.
 """
+
 import contextlib
 import json
 import os
@@ -17,16 +18,24 @@ import urllib.request
 
 import numpy as np
 import pytest
-from find_browser import HOW_TO_ENABLE, find_browser
 
 import ae_helpers as ah
-from conftest import ROOT, copy_project
+from find_browser import HOW_TO_ENABLE, find_browser
+from support import ROOT, copy_project
 
 ARTIFACTS = ROOT / "test-artifacts"
 NOTEBOOK = "bmi219_autoencoder.ipynb"
 RUN = "default_layers/adam_lr5e-4"  # the run the notebook's explorer shows
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 EXPLORER = ".latent-explorer"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
@@ -60,16 +69,33 @@ def jupyterlab(root, tmp_path, disabled_extensions=()):
     disabled = {"@jupyterlab/apputils-extension:announcements": True, **{e: True for e in disabled_extensions}}
     (config / "labconfig" / "page_config.json").write_text(json.dumps({"disabledExtensions": disabled}))
     port, token = _free_port(), "explorer-test-token"
-    env = {**os.environ, "AE_QUICK": "1", "JUPYTER_CONFIG_DIR": str(config),
-           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
+    env = {
+        **os.environ,
+        "AE_QUICK": "1",
+        "JUPYTER_CONFIG_DIR": str(config),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+    }
     log_path = tmp_path / "lab.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-             f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", "--LabApp.expose_app_in_browser=True",
-             "--allow-root"],
-            stdout=log, stderr=subprocess.STDOUT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "jupyter",
+                "lab",
+                "--no-browser",
+                "--ip=127.0.0.1",
+                f"--port={port}",
+                f"--IdentityProvider.token={token}",
+                f"--ServerApp.root_dir={root}",
+                f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
+                "--LabApp.expose_app_in_browser=True",
+                "--allow-root",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         try:
             _wait_for_server(server, f"http://127.0.0.1:{port}/api/status?token={token}", log_path)
             yield f"http://127.0.0.1:{port}", token
@@ -96,6 +122,7 @@ def _wait_for_server(server, status_url, log_path):
 @contextlib.contextmanager
 def chromium_page(browser_path):
     from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path, args=CHROMIUM_FLAGS)
         try:
@@ -112,22 +139,28 @@ KERNEL_STATUS = f"(() => {{ const k = {PANEL}.sessionContext.session?.kernel; re
 
 def open_notebook(page, base, token, name):
     page.goto(f"{base}/lab/tree/{name}?token={token}")
-    page.wait_for_function(f"window.jupyterapp && {PANEL} && {PANEL}.sessionContext "
-                           f"&& {PANEL}.sessionContext.session?.kernel?.status === 'idle'", timeout=120000)
+    page.wait_for_function(
+        f"window.jupyterapp && {PANEL} && {PANEL}.sessionContext "
+        f"&& {PANEL}.sessionContext.session?.kernel?.status === 'idle'",
+        timeout=120000,
+    )
 
 
 def run_all_from_the_menu(page):
     """Run > Run All Cells, clicked as a person clicks it; returns once the cells are queued."""
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
-    page.wait_for_function(f"{PANEL}.content.widgets.some(c => c.model.type === 'code' "
-                           "&& c.model.executionCount === null)", timeout=30000)
+    page.wait_for_function(
+        f"{PANEL}.content.widgets.some(c => c.model.type === 'code' && c.model.executionCount === null)", timeout=30000
+    )
 
 
 def wait_until_finished(page, timeout_s):
     """Until the kernel has been idle for 5 s and every code cell ran, or a cell failed."""
-    done = (f"{PANEL}.content.widgets.every(c => c.model.type !== 'code' || c.model.executionCount !== null) "
-            f"|| {PANEL}.content.model.toJSON().cells.some(c => (c.outputs || []).some(o => o.output_type === 'error'))")
+    done = (
+        f"{PANEL}.content.widgets.every(c => c.model.type !== 'code' || c.model.executionCount !== null) "
+        f"|| {PANEL}.content.model.toJSON().cells.some(c => (c.outputs || []).some(o => o.output_type === 'error'))"
+    )
     idle_since, deadline = None, time.time() + timeout_s
     while time.time() < deadline:
         if page.evaluate(KERNEL_STATUS) == "idle" and page.evaluate(done):
@@ -201,8 +234,10 @@ class Aim:
 
     def page_xy(self, fx, fy):
         x0, y0, w, h = self.bounds
-        return (self.box["x"] + self.box["width"] * (x0 + fx * w),
-                self.box["y"] + self.box["height"] * (1 - (y0 + fy * h)))
+        return (
+            self.box["x"] + self.box["width"] * (x0 + fx * w),
+            self.box["y"] + self.box["height"] * (1 - (y0 + fy * h)),
+        )
 
     def data_xy(self, fx, fy):
         return (self.xlim[0] + fx * (self.xlim[1] - self.xlim[0]), self.ylim[0] + fy * (self.ylim[1] - self.ylim[0]))
@@ -222,7 +257,7 @@ def assert_page_matches_decoder(page, reference):
     assert shown.shape == (28, 28)
     assert np.abs(shown - expected).max() < 0.02, (x, y)
     distances = np.linalg.norm(reference.neighbours.codes.numpy() - np.array([x, y]), axis=1)
-    nearest = np.argsort(distances, kind="stable")[:reference.k]
+    nearest = np.argsort(distances, kind="stable")[: reference.k]
     neighbours = shown_neighbours(page)
     assert [label for label, _ in neighbours] == reference.labels[nearest].tolist(), (x, y)
     assert np.allclose([d for _, d in neighbours], distances[nearest], atol=0.006), (x, y)
@@ -232,8 +267,9 @@ def assert_page_matches_decoder(page, reference):
 def click_and_check(page, aim, reference, fx, fy):
     previous = page.locator(f"{EXPLORER} .coords").inner_text()
     page.mouse.click(*aim.page_xy(fx, fy))
-    page.wait_for_function("prev => document.querySelector('.latent-explorer .coords')?.innerText !== prev",
-                           arg=previous, timeout=30000)
+    page.wait_for_function(
+        "prev => document.querySelector('.latent-explorer .coords')?.innerText !== prev", arg=previous, timeout=30000
+    )
     page.wait_for_timeout(500)  # the image and neighbours follow the label in the same update
     aim.assert_near(shown_point(page), fx, fy)
     return assert_page_matches_decoder(page, reference)
@@ -276,6 +312,50 @@ def measure_drag_latency(page, aim, at=(0.5, 0.5), moves=10):
 
 # --- the tests ----------------------------------------------------------------------------------
 
+
+def check_run_all_output(nb, committed):
+    """Every cell ran once, in order, without an error, and the explorer's widget is in its own cell only."""
+    errors = [
+        (i, o.get("ename"), o.get("evalue"))
+        for i, c in enumerate(nb["cells"])
+        for o in c.get("outputs", [])
+        if o["output_type"] == "error"
+    ]
+    assert errors == []
+    assert [c["execution_count"] for c in code_cells(nb)] == list(range(1, len(code_cells(nb)) + 1))
+    # The explorer's figure is shown in its own cell only: no later cell prints a static copy of it.
+    images = [sum("image/png" in o.get("data", {}) for o in c["outputs"]) for c in code_cells(nb)]
+    assert images == [sum("image/png" in o.get("data", {}) for o in c["outputs"]) for c in code_cells(committed)]
+    explorer_index = explorer_cell_index(nb)
+    explorer_id = next(
+        o["data"][WIDGET_VIEW]["model_id"]
+        for o in nb["cells"][explorer_index]["outputs"]
+        if WIDGET_VIEW in o.get("data", {})
+    )
+    shown_in = [
+        i
+        for i, c in enumerate(nb["cells"])
+        for o in c.get("outputs", [])
+        if o.get("data", {}).get(WIDGET_VIEW, {}).get("model_id") == explorer_id
+    ]
+    assert shown_in == [explorer_index]
+    return explorer_index
+
+
+def visible_canvas(page, explorer_index):
+    """Scroll back to the explorer; its canvas, drawn and of a real size (not a closed figure's)."""
+    scroll_to_cell(page, explorer_index)
+    page.locator(EXPLORER).scroll_into_view_if_needed()
+    canvas = page.locator(f"{EXPLORER} .jupyter-matplotlib-canvas-div canvas").first
+    canvas.wait_for(state="visible", timeout=60000)
+    page.wait_for_timeout(1500)  # the canvas draws its first frame
+    assert page.locator(EXPLORER).count() == 1
+    box = canvas.bounding_box()
+    assert box["width"] > 300, box
+    assert box["height"] > 300, box
+    return canvas
+
+
 def test_after_run_all_the_explorer_decodes_clicks_and_drags(browser_path, project_copy, tmp_path):
     reference = ah.explore(ROOT / RUN, data=ah.load_mnist(ROOT / "data"))  # the same figure, built here
     committed = json.loads((ROOT / NOTEBOOK).read_text())
@@ -286,59 +366,55 @@ def test_after_run_all_the_explorer_decodes_clicks_and_drags(browser_path, proje
         run_all_from_the_menu(page)
         wait_until_finished(page, timeout_s=900)
         run_all_seconds = time.time() - started
-        nb = notebook_json(page)
-        errors = [(i, o.get("ename"), o.get("evalue")) for i, c in enumerate(nb["cells"])
-                  for o in c.get("outputs", []) if o["output_type"] == "error"]
-        assert errors == []
-        assert [c["execution_count"] for c in code_cells(nb)] == list(range(1, len(code_cells(nb)) + 1))
-        # The explorer's figure is shown in its own cell only: no later cell prints a static copy of it.
-        images = [sum("image/png" in o.get("data", {}) for o in c["outputs"]) for c in code_cells(nb)]
-        assert images == [sum("image/png" in o.get("data", {}) for o in c["outputs"]) for c in code_cells(committed)]
-        explorer_index = explorer_cell_index(nb)
-        explorer_id = next(o["data"][WIDGET_VIEW]["model_id"] for o in nb["cells"][explorer_index]["outputs"]
-                           if WIDGET_VIEW in o.get("data", {}))
-        assert [i for i, c in enumerate(nb["cells"]) for o in c.get("outputs", [])
-                if o.get("data", {}).get(WIDGET_VIEW, {}).get("model_id") == explorer_id] == [explorer_index]
-
-        scroll_to_cell(page, explorer_index)
-        explorer = page.locator(EXPLORER)
-        explorer.scroll_into_view_if_needed()
-        canvas = page.locator(f"{EXPLORER} .jupyter-matplotlib-canvas-div canvas").first
-        canvas.wait_for(state="visible", timeout=60000)
-        page.wait_for_timeout(1500)  # the canvas draws its first frame
-        assert page.locator(EXPLORER).count() == 1
-        box = canvas.bounding_box()
-        assert box["width"] > 300 and box["height"] > 300, box  # not the zero-size canvas of a closed figure
+        explorer_index = check_run_all_output(notebook_json(page), committed)
+        visible_canvas(page, explorer_index)
         page.evaluate(WATCH_IMAGE)
         aim = Aim(page, reference)
         first = click_and_check(page, aim, reference, 0.3, 0.65)
         second = click_and_check(page, aim, reference, 0.75, 0.25)
         assert np.abs(first - second).max() > 0.1, "the two clicks showed the same image"
-        explorer.screenshot(path=str(ARTIFACTS / "explorer.png"))
-
+        page.locator(EXPLORER).screenshot(path=str(ARTIFACTS / "explorer.png"))
         changes = drag_and_check(page, aim, reference, start=(0.2, 0.3), end=(0.8, 0.7))
         assert changes >= 2, f"the image changed {changes} times during a 20-step drag"
         latencies = measure_drag_latency(page, aim)
-    report = {"run_all_seconds": round(run_all_seconds, 1), "image_changes_during_20_step_drag": changes,
-              "drag_update_latency_ms": {"median": round(float(np.median(latencies)), 1),
-                                         "max": round(float(np.max(latencies)), 1), "n": len(latencies)}}
+    report = {
+        "run_all_seconds": round(run_all_seconds, 1),
+        "image_changes_during_20_step_drag": changes,
+        "drag_update_latency_ms": {
+            "median": round(float(np.median(latencies)), 1),
+            "max": round(float(np.max(latencies)), 1),
+            "n": len(latencies),
+        },
+    }
     (ARTIFACTS / "explorer_latency.json").write_text(json.dumps(report, indent=2) + "\n")
     print(report)
 
 
-def test_without_the_front_end_extension_the_page_shows_what_the_readme_says(browser_path, project_copy,
-                                                                              tmp_path):
+def test_without_the_front_end_extension_the_page_shows_what_the_readme_says(browser_path, project_copy, tmp_path):
     """JupyterLab without ipympl's front end (the kernel has it) cannot draw the canvas; the README's
     troubleshooting quotes what the page shows then, and gives the fix."""
     committed = json.loads((ROOT / NOTEBOOK).read_text())
     source = "".join(committed["cells"][explorer_cell_index(committed)]["source"])
-    small = {"nbformat": 4, "nbformat_minor": 5, "metadata": committed["metadata"],
-             "cells": [{"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
-                        "source": "import ae_helpers as ah\n" + source}]}
+    small = {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": committed["metadata"],
+        "cells": [
+            {
+                "cell_type": "code",
+                "metadata": {},
+                "execution_count": None,
+                "outputs": [],
+                "source": "import ae_helpers as ah\n" + source,
+            }
+        ],
+    }
     (project_copy / "explorer_only.ipynb").write_text(json.dumps(small))
     readme = (ROOT / "README.md").read_text()
-    with jupyterlab(project_copy, tmp_path, disabled_extensions=["matplotlib-jupyter:main"]) as (base, token), \
-            chromium_page(browser_path) as page:
+    with (
+        jupyterlab(project_copy, tmp_path, disabled_extensions=["matplotlib-jupyter:main"]) as (base, token),
+        chromium_page(browser_path) as page,
+    ):
         open_notebook(page, base, token, "explorer_only.ipynb")
         run_all_from_the_menu(page)
         wait_until_finished(page, timeout_s=180)

@@ -1,4 +1,5 @@
 """The latent explorer's click and drag paths, with synthesized matplotlib mouse events."""
+
 import io
 import subprocess
 import sys
@@ -7,10 +8,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
 from matplotlib.backend_bases import MouseButton, MouseEvent
 
 import ae_helpers as ah
+from support import ROOT
 
 N_IMAGES = 500
 
@@ -23,8 +24,9 @@ def model():
 
 @pytest.fixture
 def explorer(model, mnist):
-    return ah.LatentExplorer(model, mnist.test_images[:N_IMAGES], mnist.test_labels[:N_IMAGES], mnist,
-                             drag_interval_s=0)
+    return ah.LatentExplorer(
+        model, mnist.test_images[:N_IMAGES], mnist.test_labels[:N_IMAGES], mnist, drag_interval_s=0
+    )
 
 
 def _event(ex, name, x, y, in_data=True, **kwargs):
@@ -93,8 +95,7 @@ def test_a_drag_of_n_steps_gives_n_updates(explorer, mnist):
 
 
 def test_drag_updates_are_throttled_and_the_release_point_is_always_decoded(model, mnist):
-    ex = ah.LatentExplorer(model, mnist.test_images[:N_IMAGES], mnist.test_labels[:N_IMAGES], mnist,
-                           drag_interval_s=60)
+    ex = ah.LatentExplorer(model, mnist.test_images[:N_IMAGES], mnist.test_labels[:N_IMAGES], mnist, drag_interval_s=60)
     _press(ex, *_at(ex, 0.2, 0.3))
     for i in range(1, 11):
         _move(ex, *_at(ex, 0.2 + 0.05 * i, 0.3))
@@ -105,13 +106,13 @@ def test_drag_updates_are_throttled_and_the_release_point_is_always_decoded(mode
 
 
 def test_a_drag_that_stops_with_the_button_held_catches_up_on_the_last_point(model, mnist):
-    ex = ah.LatentExplorer(model, mnist.test_images[:N_IMAGES], mnist.test_labels[:N_IMAGES], mnist,
-                           drag_interval_s=60)
+    ex = ah.LatentExplorer(model, mnist.test_images[:N_IMAGES], mnist.test_labels[:N_IMAGES], mnist, drag_interval_s=60)
     _press(ex, *_at(ex, 0.2, 0.3))
     last = _move(ex, *_at(ex, 0.6, 0.3))  # within the interval: skipped for now
     assert ex.updates == 1
     ex._catch_up()  # what the timer armed by the skipped move calls when the interval is over
-    assert ex.updates == 2 and ex.last_point == (last.xdata, last.ydata)
+    assert ex.updates == 2
+    assert ex.last_point == (last.xdata, last.ydata)
     ex._catch_up()  # nothing left to catch up
     assert ex.updates == 2
 
@@ -165,6 +166,7 @@ def test_clicks_outside_the_axes_change_nothing(explorer):
 def test_errors_in_the_handler_are_shown_not_swallowed(explorer, monkeypatch):
     def broken(z):
         raise RuntimeError("decoder exploded")
+
     monkeypatch.setattr(explorer.model, "decode", broken)
     _press(explorer, *_at(explorer, 0.5, 0.5))
     assert "RuntimeError: decoder exploded" in explorer.error.value
@@ -182,10 +184,12 @@ def test_pyplot_does_not_own_the_figure_so_closing_all_figures_keeps_the_canvas(
 
 def test_building_an_explorer_leaves_pyplots_backend_as_it_was():
     # Importing ipympl switches pyplot to ipympl; later cells must keep drawing with their own backend.
-    code = ("import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt; import torch; "
-            "import ae_helpers as ah; data = ah.load_mnist(download=False); "
-            "ah.LatentExplorer(ah.Autoencoder((8, 2)), data.test_images[:100], data.test_labels[:100], data); "
-            "print(matplotlib.get_backend())")
+    code = (
+        "import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt; import torch; "
+        "import ae_helpers as ah; data = ah.load_mnist(download=False); "
+        "ah.LatentExplorer(ah.Autoencoder((8, 2)), data.test_images[:100], data.test_labels[:100], data); "
+        "print(matplotlib.get_backend())"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "svg"
@@ -205,7 +209,9 @@ def test_without_ipympl_the_explorer_is_static_and_says_the_fix(model, mnist, mo
     monkeypatch.setitem(sys.modules, "ipympl.backend_nbagg", None)  # import fails as if not installed
     ex = ah.LatentExplorer(model, mnist.test_images[:N_IMAGES], mnist.test_labels[:N_IMAGES], mnist)
     message = ex.widget.children[0].children[0].value
-    assert "no `ipympl`" in message and "pip install ipympl==0.10.0" in message and "restart the kernel" in message
+    assert "no `ipympl`" in message
+    assert "pip install ipympl==0.10.0" in message
+    assert "restart the kernel" in message
     before = ex.static_view.value
     x, y = _at(ex, 0.5, 0.5)
     np.testing.assert_allclose(ex.decode_at(x, y), _expected(ex, mnist, x, y), atol=1e-6)
@@ -216,7 +222,9 @@ def test_explore_loads_the_run_and_the_data_it_was_trained_on():
     ex = ah.explore(ROOT / "default_layers/adam_lr5e-4")
     raw = ah.load_mnist(ROOT / "data", normalize=False)
     assert ex.data.std == pytest.approx(0.3081, abs=1e-4)  # the run was trained on normalized images
-    assert np.array_equal(ex.pixels[:20], (raw.test_images[:20] * 255).round().to(torch.uint8).reshape(-1, 28, 28).numpy())
+    assert np.array_equal(
+        ex.pixels[:20], (raw.test_images[:20] * 255).round().to(torch.uint8).reshape(-1, 28, 28).numpy()
+    )
     assert len(ex.labels) == 10000
     x, y = _at(ex, 0.4, 0.6)
     with torch.no_grad():

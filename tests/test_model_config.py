@@ -1,4 +1,7 @@
 """The model's shape and the config's validation."""
+
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -10,21 +13,31 @@ def test_default_architecture_is_mirrored_with_linear_bottleneck_and_output():
     model = ah.Autoencoder()
     enc = [m.out_features for m in model.encoder if isinstance(m, nn.Linear)]
     dec = [m.out_features for m in model.decoder if isinstance(m, nn.Linear)]
-    assert enc == [1000, 500, 250, 2] and dec == [250, 500, 1000, 784]
-    assert isinstance(model.encoder[-1], nn.Linear) and isinstance(model.decoder[-1], nn.Linear)
+    assert enc == [1000, 500, 250, 2]
+    assert dec == [250, 500, 1000, 784]
+    assert isinstance(model.encoder[-1], nn.Linear)
+    assert isinstance(model.decoder[-1], nn.Linear)
     assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 6
-    assert ah.count_parameters(model) == 2 * (784 * 1000 + 1000 * 500 + 500 * 250 + 250 * 2) + \
-        (1000 + 500 + 250 + 2) + (250 + 500 + 1000 + 784)
+    assert ah.count_parameters(model) == 2 * (784 * 1000 + 1000 * 500 + 500 * 250 + 250 * 2) + (
+        1000 + 500 + 250 + 2
+    ) + (250 + 500 + 1000 + 784)
     x = torch.randn(5, 784)
-    assert model.encode(x).shape == (5, 2) and model(x).shape == (5, 784)
+    assert model.encode(x).shape == (5, 2)
+    assert model(x).shape == (5, 784)
     assert torch.equal(model(x), model.decode(model.encode(x)))
 
 
 def test_the_model_takes_a_dataloader_batch_of_images(mnist):
     from torchvision import datasets, transforms
-    from conftest import ROOT
-    dataset = datasets.MNIST(ROOT / "data", train=False, download=False, transform=transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((mnist.mean,), (mnist.std,))]))
+
+    from support import ROOT
+
+    dataset = datasets.MNIST(
+        ROOT / "data",
+        train=False,
+        download=False,
+        transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize((mnist.mean,), (mnist.std,))]),
+    )
     images, _ = next(iter(torch.utils.data.DataLoader(dataset, batch_size=8)))
     assert images.shape == (8, 1, 28, 28)
     model = ah.Autoencoder((32, 2)).eval()
@@ -55,22 +68,25 @@ def test_bad_layer_sizes(sizes):
         ah.RunConfig(layer_sizes=sizes)
 
 
-@pytest.mark.parametrize("field, value, words", [
-    ("activation", "swish", "choose one of relu, sigmoid, tanh, leaky_relu"),
-    ("optimizer", "lbfgs", "choose one of adam, adamw, sgd, sgd_momentum, rmsprop, rprop"),
-    ("loss", "bce", "choose one of mse, l1"),
-    ("schedule", "step", "choose one of constant, cosine"),
-    ("lr", 0, "lr must be a positive number"),
-    ("lr", -1e-3, "lr must be a positive number"),
-    ("lr", float("nan"), "lr must be a positive number"),
-    ("batch_size", 0, "batch_size must be a positive integer"),
-    ("batch_size", 12.5, "batch_size must be a positive integer"),
-    ("epochs", -1, "epochs must be an integer >= 0"),
-    ("ema", 1.0, r"ema must be a decay in \[0, 1\)"),
-    ("ema", -0.5, r"ema must be a decay in \[0, 1\)"),
-    ("noise", -0.1, "noise must be a standard deviation >= 0"),
-    ("noise", float("nan"), "noise must be a standard deviation >= 0"),
-])
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("activation", "swish", "choose one of relu, sigmoid, tanh, leaky_relu"),
+        ("optimizer", "lbfgs", "choose one of adam, adamw, sgd, sgd_momentum, rmsprop, rprop"),
+        ("loss", "bce", "choose one of mse, l1"),
+        ("schedule", "step", "choose one of constant, cosine"),
+        ("lr", 0, "lr must be a positive number"),
+        ("lr", -1e-3, "lr must be a positive number"),
+        ("lr", float("nan"), "lr must be a positive number"),
+        ("batch_size", 0, "batch_size must be a positive integer"),
+        ("batch_size", 12.5, "batch_size must be a positive integer"),
+        ("epochs", -1, "epochs must be an integer >= 0"),
+        ("ema", 1.0, r"ema must be a decay in \[0, 1\)"),
+        ("ema", -0.5, r"ema must be a decay in \[0, 1\)"),
+        ("noise", -0.1, "noise must be a standard deviation >= 0"),
+        ("noise", float("nan"), "noise must be a standard deviation >= 0"),
+    ],
+)
 def test_bad_config_values_name_the_field_and_choices(field, value, words):
     with pytest.raises(ValueError, match=words):
         ah.RunConfig(**{field: value})
@@ -90,3 +106,58 @@ def test_devices():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             ah.resolve_device("cuda")
+
+
+def test_an_unknown_optimizer_is_refused_not_replaced():
+    config = ah.RunConfig()
+    config.optimizer = "lbfgs"  # set after validation: make_optimizer must still refuse it
+    with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'; choose one of adam"):
+        ah.make_optimizer(ah.Autoencoder((8, 2)), config)
+
+
+OPTIMIZER_CLASSES = {
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "sgd": "SGD",
+    "sgd_momentum": "SGD",
+    "rmsprop": "RMSprop",
+    "rprop": "Rprop",
+}
+
+
+@pytest.mark.parametrize("name", ah.OPTIMIZERS)
+def test_each_optimizer_name_builds_that_optimizer(name):
+    optimizer = ah.make_optimizer(ah.Autoencoder((8, 2)), ah.RunConfig(optimizer=name, momentum=0.7))
+    assert type(optimizer).__name__ == OPTIMIZER_CLASSES[name]
+    if name == "sgd_momentum":
+        assert optimizer.defaults["momentum"] == 0.7
+
+
+def test_device_names_say_which_device_ran():
+    assert ah.device_name("cpu").startswith("cpu (")
+    assert ah.device_name("mps") == "mps (Apple GPU)"
+
+
+def test_the_input_size_is_part_of_the_config_and_rebuilds_the_model(tmp_path):
+    config = ah.RunConfig(layer_sizes=(8, 2), input_dim=100, epochs=1)
+    model = ah.build_model(config)
+    history = {column: [1] for column in ah.HISTORY_COLUMNS}
+    ah.save_run(ah.Run(config, model, history, {"test_mse": 1.0}, None, tmp_path / "run"))
+    loaded = ah.load_run(tmp_path / "run")
+    assert loaded.config.input_dim == 100
+    assert loaded.model.input_dim == 100
+    x = torch.randn(3, 100)
+    assert torch.equal(loaded.model(x), model(x))
+
+
+def test_data_is_checked_by_its_normalized_flag_not_guessed_from_its_std(mnist):
+    ah.check_data(ah.RunConfig(), dataclasses.replace(mnist, std=1.0))  # normalized data whose std happens to be 1
+    with pytest.raises(ValueError, match="config.normalize=False but the data is normalized"):
+        ah.check_data(ah.RunConfig(normalize=False), mnist)
+    with pytest.raises(ValueError, match="config.normalize=True but the data is not normalized"):
+        ah.check_data(ah.RunConfig(), dataclasses.replace(mnist, normalized=False))
+
+
+def test_get_run_names_the_saved_runs_when_the_name_is_unknown():
+    with pytest.raises(ValueError, match="no saved run named 'default_layers/nope'; choose one of: default_layers/"):
+        ah.get_run("default_layers/nope")

@@ -1,4 +1,5 @@
 """The project's own files agree: pins, CI entry point, README commands, committed results."""
+
 import csv
 import json
 import re
@@ -6,10 +7,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import ae_helpers as ah
-from conftest import ROOT
+from support import ROOT
 
 
 def _pins(text):
@@ -19,8 +19,10 @@ def _pins(text):
 def test_environment_yml_pins_the_same_packages_as_requirements():
     requirements = _pins((ROOT / "requirements.txt").read_text())
     conda = _pins((ROOT / "environment.yml").read_text())
-    assert requirements and requirements == conda
-    assert requirements["torch"] == "2.14.1" and requirements["torchvision"] == "0.29.1"
+    assert requirements
+    assert requirements == conda
+    assert requirements["torch"] == "2.14.1"
+    assert requirements["torchvision"] == "0.29.1"
 
 
 def test_ci_runs_the_readme_test_command():
@@ -46,7 +48,8 @@ def test_summaries_match_the_run_folders(group):
     for name in runs:
         metrics = json.loads((ROOT / name / "metrics.json").read_text())
         row = rows[name.split("/", 1)[1]]
-        assert float(row["test_mse"]) == metrics["test_mse"] and int(row["epochs"]) == metrics["epochs_run"]
+        assert float(row["test_mse"]) == metrics["test_mse"]
+        assert int(row["epochs"]) == metrics["epochs_run"]
         config = ah.RunConfig.from_dict(json.loads((ROOT / name / "config.json").read_text()))
         assert config == ah.EXPERIMENTS[name], f"{name} was trained with another config than EXPERIMENTS"
         assert ah.run_is_complete(ROOT / name, ah.EXPERIMENTS[name]), f"the notebook would retrain {name}"
@@ -61,8 +64,9 @@ def test_readme_figures_match_the_committed_results():
 
 
 def test_jupyterlab_has_the_explorer_front_end_the_readme_names():
-    listed = subprocess.run([sys.executable, "-m", "jupyter", "labextension", "list"], capture_output=True,
-                            text=True, timeout=120)
+    listed = subprocess.run(
+        [sys.executable, "-m", "jupyter", "labextension", "list"], capture_output=True, text=True, timeout=120
+    )
     plain = re.sub(r"\x1b\[[0-9;]*m", "", listed.stdout + listed.stderr)
     named = re.search(r"it must list `(jupyter-matplotlib v[0-9.]+ enabled OK)`", (ROOT / "README.md").read_text())
     assert named, "README's troubleshooting does not name the extension line"

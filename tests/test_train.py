@@ -1,4 +1,5 @@
 """Training: reproducible, resumable after a kill, stops on divergence, loads safely."""
+
 import json
 import math
 import os
@@ -7,14 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import ae_cli
 import ae_helpers as ah
-from conftest import ROOT
+from support import ROOT
 
 
 def test_same_seed_same_losses_other_seed_other_losses(mnist, small_config):
@@ -29,7 +30,8 @@ def test_same_seed_same_losses_other_seed_other_losses(mnist, small_config):
 def test_training_reduces_loss_and_keeps_best_validation_weights(mnist, small_config):
     run = ah.train(small_config, mnist, progress=False)
     h = run.history
-    assert h["train_loss"][-1] < h["train_loss"][0] and h["val_loss"][-1] < h["val_loss"][0]
+    assert h["train_loss"][-1] < h["train_loss"][0]
+    assert h["val_loss"][-1] < h["val_loss"][0]
     best = min(range(len(h["val_loss"])), key=h["val_loss"].__getitem__)
     assert run.metrics["best_epoch"] == h["epoch"][best]
     assert run.metrics["val_mse"] == pytest.approx(h["val_loss"][best], rel=1e-4)
@@ -44,17 +46,18 @@ def _scripted_validation(monkeypatch, val_losses, val_size):
         if len(images) == val_size and script:
             return script.pop(0)
         return real(model, images, loss, **kwargs)
+
     monkeypatch.setattr(ah, "evaluate_loss", evaluate_loss)
 
 
-def test_when_validation_loss_rises_the_best_epochs_weights_are_kept_not_the_last(mnist, small_config,
-                                                                                  monkeypatch):
+def test_when_validation_loss_rises_the_best_epochs_weights_are_kept_not_the_last(mnist, small_config, monkeypatch):
     config = ah.RunConfig(**{**small_config.to_dict(), "epochs": 4})
     _scripted_validation(monkeypatch, [0.9, 0.5, 0.7, 0.8], config.val_size)
     run = ah.train(config, mnist, progress=False)
     _scripted_validation(monkeypatch, [0.9, 0.5], config.val_size)
     two_epochs = ah.train(ah.RunConfig(**{**config.to_dict(), "epochs": 2}), mnist, progress=False)
-    assert run.metrics["best_epoch"] == 2 and run.history["val_loss"] == [0.9, 0.5, 0.7, 0.8]
+    assert run.metrics["best_epoch"] == 2
+    assert run.history["val_loss"] == [0.9, 0.5, 0.7, 0.8]
     for name, weights in run.model.state_dict().items():
         assert torch.equal(weights, two_epochs.model.state_dict()[name]), name
 
@@ -64,23 +67,25 @@ def test_run_folder_is_complete_and_loads(mnist, small_config, tmp_path):
     assert ah.run_is_complete(tmp_path / "run", small_config)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
     loaded = ah.load_run(tmp_path / "run")
-    assert loaded.config == small_config and loaded.metrics == run.metrics
+    assert loaded.config == small_config
+    assert loaded.metrics == run.metrics
     assert loaded.history["train_loss"] == pytest.approx(run.history["train_loss"])
     x = mnist.test_images[:10]
     assert torch.equal(loaded.model(x), run.model(x))
-    assert loaded.tracking["epochs"] == [0, 1, 2, 3] and loaded.tracking["test"].shape == (4, 10, 784)
+    assert loaded.tracking["epochs"] == [0, 1, 2, 3]
+    assert loaded.tracking["test"].shape == (4, 10, 784)
 
 
-def test_get_run_retrains_a_folder_trained_with_another_config(mnist, small_config, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(ah, "QUICK", False)  # quick mode (make test) would train in a temporary folder
+def test_a_folder_trained_with_another_config_is_retrained(mnist, small_config, tmp_path, capsys):
     ah.train(small_config, mnist, run_dir=tmp_path / "run", progress=False)
     other = ah.RunConfig(**{**small_config.to_dict(), "lr": 1e-3})
-    run = ah.get_run(other, tmp_path / "run", mnist, progress=False)
+    run = ah.load_or_train(other, tmp_path / "run", mnist, progress=False)
     assert "trained with another config; retraining" in capsys.readouterr().out
-    assert run.config == other and ah.RunConfig.from_dict(
-        json.loads((tmp_path / "run" / "config.json").read_text())) == other
-    missing = ah.get_run(small_config, tmp_path / "absent", mnist, progress=False)
-    assert ah.run_is_complete(tmp_path / "absent", small_config) and missing.model is not None
+    assert run.config == other
+    assert ah.RunConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text())) == other
+    missing = ah.load_or_train(small_config, tmp_path / "absent", mnist, progress=False)
+    assert ah.run_is_complete(tmp_path / "absent", small_config)
+    assert missing.model is not None
 
 
 def test_divergence_stops_warns_keeps_best_weights_and_plots_finite_part(mnist, small_config):
@@ -88,7 +93,9 @@ def test_divergence_stops_warns_keeps_best_weights_and_plots_finite_part(mnist, 
     with pytest.warns(RuntimeWarning, match="training diverged at epoch .* smaller learning rate"):
         run = ah.train(config, mnist, progress=False)
     losses = run.history["train_loss"]
-    assert run.metrics["diverged"] and not math.isfinite(losses[-1]) and len(losses) < 6
+    assert run.metrics["diverged"]
+    assert not math.isfinite(losses[-1])
+    assert len(losses) < 6
     assert all(torch.isfinite(p).all() for p in run.model.parameters())
     fig = ah.plot_learning_curves({"diverged": run})
     for line in fig.axes[0].lines:
@@ -100,16 +107,19 @@ SLOW_RUN = dict(layer_sizes=[256, 2], epochs=6, train_subset=20000, batch_size=3
 
 def test_killed_run_is_not_finished_and_resumes_to_the_same_result(mnist, tmp_path):
     run_dir = tmp_path / "killed"
-    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import ae_helpers as ah; "
-              f"ah.train(ah.RunConfig(**{SLOW_RUN!r}), ah.load_mnist({str(ROOT / 'data')!r}), "
-              f"run_dir={str(run_dir)!r}, progress=False)")
-    proc = subprocess.Popen([sys.executable, "-c", script])
+    script = (
+        "import ae_helpers as ah; "
+        f"ah.train(ah.RunConfig(**{SLOW_RUN!r}), ah.load_mnist({str(ROOT / 'data')!r}), "
+        f"run_dir={str(run_dir)!r}, progress=False)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
     deadline = time.time() + 300
     while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (run_dir / "checkpoint.pt").exists() and (run_dir / "config.json").exists()
+    assert (run_dir / "checkpoint.pt").exists()
+    assert (run_dir / "config.json").exists()
     assert not ah.run_is_complete(run_dir)
     with pytest.raises(FileNotFoundError, match="holds no finished run"):
         ah.load_run(run_dir)
@@ -121,8 +131,9 @@ def test_killed_run_is_not_finished_and_resumes_to_the_same_result(mnist, tmp_pa
     straight = ah.train(config, mnist, progress=False)
     assert resumed.history["train_loss"] == straight.history["train_loss"]
     assert resumed.history["val_loss"] == straight.history["val_loss"]
-    assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(),
-                                                  straight.model.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(), straight.model.state_dict().values())
+    )
     assert ah.run_is_complete(run_dir, config)
 
 
@@ -155,9 +166,10 @@ def test_loading_never_runs_pickled_code(tmp_path):
 def test_quick_mode_trains_a_saved_run_in_a_temporary_folder(mnist, monkeypatch, tmp_path):
     monkeypatch.setattr(ah, "QUICK", True)
     monkeypatch.setattr(ah, "_QUICK_ROOT", tmp_path)
-    run = ah.get_run(ah.EXPERIMENTS["mynet/adam_lr5e-4"], "mynet/adam_lr5e-4", mnist, progress=False)
+    run = ah.get_run("mynet/adam_lr5e-4", mnist, progress=False)
     assert run.run_dir.resolve().is_relative_to(tmp_path.resolve())
-    assert run.config.epochs == 1 and ah.run_is_complete(run.run_dir, run.config)
+    assert run.config.epochs == 1
+    assert ah.run_is_complete(run.run_dir, run.config)
 
 
 def test_quick_config_shrinks_only_in_quick_mode(monkeypatch):
@@ -166,7 +178,9 @@ def test_quick_config_shrinks_only_in_quick_mode(monkeypatch):
     assert ah.quick_config(config) is config
     monkeypatch.setattr(ah, "QUICK", True)
     quick = ah.quick_config(config)
-    assert quick.epochs == 1 and quick.train_subset == 2000 and quick.layer_sizes == config.layer_sizes
+    assert quick.epochs == 1
+    assert quick.train_subset == 2000
+    assert quick.layer_sizes == config.layer_sizes
 
 
 def test_weight_average_is_an_exponential_moving_average():
@@ -178,7 +192,8 @@ def test_weight_average_is_an_exponential_moving_average():
             p.add_(1.0)
     average.update(model)
     for a, s in zip(average.model.parameters(), start):
-        assert torch.allclose(a, s + 0.1) and not a.requires_grad
+        assert torch.allclose(a, s + 0.1)
+        assert not a.requires_grad
 
 
 def _interrupted_then_resumed(config, mnist, run_dir, monkeypatch):
@@ -190,6 +205,7 @@ def _interrupted_then_resumed(config, mnist, run_dir, monkeypatch):
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
+
     monkeypatch.setattr(ah, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         ah.train(config, mnist, run_dir=run_dir, progress=False)
@@ -210,8 +226,9 @@ def test_averaged_weights_are_the_ones_evaluated_kept_and_resumed(mnist, small_c
     # Interrupted after two epochs, then resumed: the average is restored from the checkpoint.
     resumed = _interrupted_then_resumed(config, mnist, tmp_path / "run", monkeypatch)
     assert resumed.history["val_loss"] == averaged.history["val_loss"]
-    assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(),
-                                                  averaged.model.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(), averaged.model.state_dict().values())
+    )
 
 
 def test_denoising_corrupts_the_inputs_only_and_repeats_on_resume(mnist, small_config, tmp_path, monkeypatch):
@@ -220,10 +237,14 @@ def test_denoising_corrupts_the_inputs_only_and_repeats_on_resume(mnist, small_c
     seen, targets = [], []
     model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
     images = torch.randn(32, 784)
-    loss_fn = lambda output, target: (targets.append(target.clone()), F.mse_loss(output, target))[1]
+
+    def loss_fn(output, target):
+        targets.append(target.clone())
+        return F.mse_loss(output, target)
+
     optimizer = ah.make_optimizer(model, ah.RunConfig())
-    ah.train_epoch(model, optimizer, images, torch.arange(32), 32, loss_fn, noise=0.5,
-                   generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    ah.train_epoch(model, optimizer, images, torch.arange(32), 32, loss_fn, noise=0.5, noise_generator=generator)
     assert torch.equal(targets[0], images)
     assert (seen[0] - images).std().item() == pytest.approx(0.5, rel=0.05)
 
@@ -258,16 +279,22 @@ def test_an_epoch_takes_only_the_batches_its_order_names():
     steps = []
     optimizer.register_step_post_hook(lambda *args: steps.append(1))
     total = ah.train_epoch(model, optimizer, torch.randn(100, 784), torch.arange(40), 16)
-    assert len(steps) == 3 and torch.isfinite(total)
+    assert len(steps) == 3
+    assert torch.isfinite(total)
 
 
 def test_parallel_training_runs_jobs_at_once_longest_first_and_names_failures(tmp_path, monkeypatch):
     import threading
-    names = ["mynet/adam_lr5e-4_cosine60", "default_layers/adam_lr5e-4", "mynet/adam_lr5e-4",
-             "default_layers/sgd_lr5e-4"]
+
+    names = [
+        "mynet/adam_lr5e-4_cosine60",
+        "default_layers/adam_lr5e-4",
+        "mynet/adam_lr5e-4",
+        "default_layers/sgd_lr5e-4",
+    ]
     running, peak, started, lock = [0], [0], [], threading.Lock()
 
-    def launch(name, root, threads, force, device):
+    def launch(name, root, data_root, threads, force, device):
         with lock:
             started.append((name, threads))
             running[0] += 1
@@ -276,9 +303,40 @@ def test_parallel_training_runs_jobs_at_once_longest_first_and_names_failures(tm
         with lock:
             running[0] -= 1
         return 1 if name == "mynet/adam_lr5e-4" else 0
-    monkeypatch.setattr(ah.os, "cpu_count", lambda: 4)
-    with pytest.raises(ah.ExperimentError, match=r"training failed for \['mynet/adam_lr5e-4'\]"):
-        ah._train_in_parallel(names, tmp_path, 2, False, "cpu", False, launch=launch)
-    assert peak[0] == 2 and len(started) == 4
-    assert all(threads == 2 for _, threads in started)          # 4 cores shared by 2 jobs
-    assert started[0][0] == "default_layers/adam_lr5e-4"       # the longest run starts first
+
+    monkeypatch.setattr(ae_cli.os, "cpu_count", lambda: 4)
+    with pytest.raises(ae_cli.ExperimentError, match=r"training failed for \['mynet/adam_lr5e-4'\]"):
+        ae_cli._train_in_parallel(names, tmp_path, tmp_path / "data", 2, False, "cpu", False, launch=launch)
+    assert peak[0] == 2
+    assert len(started) == 4
+    assert all(threads == 2 for _, threads in started)  # 4 cores shared by 2 jobs
+    assert started[0][0] == "default_layers/adam_lr5e-4"  # the longest run starts first
+
+
+def test_the_loop_trains_in_training_mode_and_evaluates_in_eval_mode(mnist, small_config, monkeypatch):
+    # Harmless without dropout or batch norm, but it is what Q6.2 teaches: each forward pass in its mode.
+    modes = []
+    build = ah.build_model
+
+    def recording(config):
+        model = build(config)
+        model.register_forward_pre_hook(lambda module, args: modes.append((torch.is_grad_enabled(), module.training)))
+        return model
+
+    monkeypatch.setattr(ah, "build_model", recording)
+    ah.train(ah.RunConfig(**{**small_config.to_dict(), "epochs": 1}), mnist, progress=False)
+    assert (True, False) not in modes  # no gradient step in eval mode
+    assert (False, True) not in modes  # no evaluation in training mode
+    assert (True, True) in modes
+    assert (False, False) in modes
+
+
+def test_a_runs_metrics_are_measured_on_its_own_split(mnist, small_config):
+    # A run on 2,000 training images: its train MSE is of those images, not of the default 55,000.
+    run = ah.train(small_config, mnist, progress=False)
+    train_idx, val_idx = ah.run_split(small_config, len(mnist.train_images))
+    assert len(train_idx) == 2000
+    measured = ah.measure_run(run.model, mnist, train_idx, val_idx)
+    assert measured == {k: run.metrics[k] for k in measured}
+    full_train, _ = ah.split_indices()
+    assert ah.measure_run(run.model, mnist, full_train, val_idx)["train_mse"] != run.metrics["train_mse"]

@@ -1,0 +1,19 @@
+"""What several tests share besides fixtures: the repository's root and a copy of the project."""
+
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# What the notebook imports: a copy of the project needs all of them.
+MODULES = ("ae_helpers.py", "mnist_files.py")
+
+
+def copy_project(dest):
+    """What the notebook reads, copied into ``dest``: running it there (and JupyterLab's autosave)
+    touches nothing in the repository. The verified MNIST is linked, only read."""
+    for name in ("bmi219_autoencoder.ipynb", *MODULES):
+        shutil.copy2(ROOT / name, dest / name)
+    for name in ("default_layers", "mynet"):
+        shutil.copytree(ROOT / name, dest / name)
+    (dest / "data").symlink_to(ROOT / "data")
+    return dest
