@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 JOBS ?= 2
 NOTEBOOK := bmi219_autoencoder.ipynb
 
-.PHONY: run test lint format lab results bench data browser venv clean
+.PHONY: run test lint format lab results mutants bench data browser venv clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
@@ -45,9 +45,14 @@ lab: data
 results: data
 	$(PY) ae_cli.py experiments --jobs $(JOBS)
 
+# Mutation testing of the core against the fast tests (resumable: results in mutants/); writes
+# mutation/summary.md (killed, survived, timed out per section) and prints it.
+mutants: data
+	$(PY) tools/mutants.py run
+
 bench: data
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_explorer.py
 
 clean:
-	rm -rf $(VENV) test-artifacts runs
+	rm -rf $(VENV) test-artifacts runs mutants

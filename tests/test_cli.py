@@ -15,8 +15,27 @@ from support import ROOT
 DATA = str(ROOT / "data")
 
 
-def _cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, str(ROOT / "ae_cli.py"), *args], capture_output=True, text=True, cwd=cwd)
+@dataclasses.dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run the command line in this process, as `python ae_cli.py ARGS` would in folder ``cwd``."""
+
+    def run(*args, cwd=ROOT):
+        monkeypatch.chdir(cwd)
+        try:
+            code = ae_cli.main(list(args))
+        except SystemExit as exit:
+            code = exit.code
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
 
 
 @pytest.mark.parametrize(
@@ -36,10 +55,10 @@ def _cli(*args, cwd=ROOT):
         (["experiments", "--jobs", "0"], "jobs must be an integer >= 1"),
     ],
 )
-def test_bad_input_exits_2_with_usage(args, words, tmp_path):
+def test_bad_input_exits_2_with_usage(args, words, tmp_path, cli):
     if args[0] == "train":
         args = [*args, "--out", "x"]
-    result = _cli(*args, cwd=tmp_path)  # whatever goes wrong, nothing is written into the repository
+    result = cli(*args, cwd=tmp_path)  # whatever goes wrong, nothing is written into the repository
     assert result.returncode == 2
     assert "usage:" in result.stderr
     assert words in result.stderr
@@ -57,23 +76,26 @@ def test_an_error_inside_training_is_not_reported_as_bad_usage(monkeypatch, tmp_
 
 
 def test_train_help_lists_every_config_field():
-    result = _cli("train", "--help")
+    # The real entry point, in its own process.
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "ae_cli.py"), "train", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
     assert result.returncode == 0
     for field in dataclasses.fields(ah.RunConfig):
         assert "--" + field.name.replace("_", "-") in result.stdout, field.name
 
 
-def test_experiments_list_names_every_run():
-    result = _cli("experiments", "--list")
+def test_experiments_list_names_every_run(cli):
+    result = cli("experiments", "--list")
     assert result.returncode == 0
     for name in ah.EXPERIMENTS:
         assert name in result.stdout, name
 
 
-def test_train_writes_a_finished_run_folder(tmp_path):
+def test_train_writes_a_finished_run_folder(tmp_path, cli):
     out = tmp_path / "cli_run"
     args = ["--layer-sizes", "32,2", "--epochs", "1", "--train-subset", "1000", "--device", "cpu", "--data", DATA]
-    result = _cli("train", "--out", str(out), *args, cwd=tmp_path)
+    result = cli("train", "--out", str(out), *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for name in ("config.json", "history.csv", "model.pt", "metrics.json", "learning_curve.png", "latent_space.png"):
         assert (out / name).is_file(), name
@@ -106,12 +128,12 @@ FLAGS = {
 }
 
 
-def test_every_config_field_reaches_the_runs_config(tmp_path):
+def test_every_config_field_reaches_the_runs_config(tmp_path, cli):
     defaults = ah.RunConfig().to_dict()
     assert set(FLAGS) | {"input_dim"} == set(defaults)  # a new field gets a line here
     args = [a for flag_args, _ in FLAGS.values() for a in flag_args]
     out = tmp_path / "flags"
-    result = _cli("train", "--out", str(out), "--device", "cpu", "--data", DATA, *args, cwd=tmp_path)
+    result = cli("train", "--out", str(out), "--device", "cpu", "--data", DATA, *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     saved = json.loads((out / "config.json").read_text())
     for field, (_, expected) in FLAGS.items():
@@ -119,7 +141,7 @@ def test_every_config_field_reaches_the_runs_config(tmp_path):
         assert saved[field] == expected, field
 
 
-def test_parallel_experiments_skip_finished_runs_and_a_worker_trains_through_the_cli(tmp_path):
+def test_parallel_experiments_skip_finished_runs_and_a_worker_trains_through_the_cli(tmp_path, cli):
     # A copy of a finished run under another results folder: a real worker process, launched with
     # the same command line `make results --jobs` uses, finds it finished and writes the summary.
     name = "mynet/adam_lr5e-4"
@@ -128,6 +150,6 @@ def test_parallel_experiments_skip_finished_runs_and_a_worker_trains_through_the
     log = (tmp_path / name / "train.log").read_text()
     assert f"{name}: finished, skipped" in log, log
     assert "adam_lr5e-4 |" in (tmp_path / "mynet" / "summary.md").read_text()
-    result = _cli("experiments", "--jobs", "2", "--only", name, "--results", str(tmp_path), "--data", DATA)
+    result = cli("experiments", "--jobs", "2", "--only", name, "--results", str(tmp_path), "--data", DATA)
     assert result.returncode == 0, result.stderr
     assert f"{name}: finished, skipped" in result.stdout
