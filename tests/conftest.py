@@ -1,6 +1,9 @@
 """Shared fixtures: the real MNIST (fetched and verified once) and small helpers."""
 
+import json
+import math
 import os
+from pathlib import Path
 
 # Tests run on the CPU, also on a machine with a GPU: "auto" would send the tests' CPU tensors to a CUDA
 # model. Set before torch is imported, so that it holds here and in every process the tests start.
@@ -56,3 +59,12 @@ def committed_results_stay_untouched():
     after = _committed_results()
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     assert not changed, f"the test session wrote into the committed results: {changed[:10]}"
+
+
+def pytest_collection_modifyitems(items):
+    """Under mutation testing (`make mutants`, run in mutants/), the fastest tests first: mutmut stops at the
+    first failure, so a mutant that a quick test kills does not wait for the slow ones."""
+    stats = Path("mutmut-stats.json")
+    if "MUTANT_UNDER_TEST" in os.environ and stats.is_file():
+        durations = json.loads(stats.read_text())["duration_by_test"]
+        items.sort(key=lambda item: durations.get(item.nodeid, math.inf))

@@ -153,3 +153,27 @@ def test_parallel_experiments_skip_finished_runs_and_a_worker_trains_through_the
     result = cli("experiments", "--jobs", "2", "--only", name, "--results", str(tmp_path), "--data", DATA)
     assert result.returncode == 0, result.stderr
     assert f"{name}: finished, skipped" in result.stdout
+
+
+def test_the_runner_trains_a_missing_run_then_skips_it(tmp_path, mnist, monkeypatch, capsys):
+    tiny = ah.RunConfig(layer_sizes=(16, 2), epochs=1, train_subset=500, batch_size=100)
+    monkeypatch.setitem(ah.EXPERIMENTS, "mynet/tiny", tiny)
+    ae_cli.run_experiments(["mynet/tiny"], root=tmp_path, data_root=DATA, progress=False)
+    assert "[1/1] mynet/tiny: training 1 epochs" in capsys.readouterr().out
+    assert ah.run_is_complete(tmp_path / "mynet/tiny", tiny)
+    assert (tmp_path / "mynet/tiny/latent_space.png").is_file()
+    assert "| tiny | 1 |" in (tmp_path / "mynet/summary.md").read_text()
+    ae_cli.run_experiments(["mynet/tiny"], root=tmp_path, data_root=DATA, progress=False)
+    assert "[1/1] mynet/tiny: finished, skipped" in capsys.readouterr().out
+
+
+def test_redraw_measures_a_finished_run_again_with_its_own_split(tmp_path, capsys):
+    name = "mynet/adam_lr5e-4"
+    shutil.copytree(ROOT / name, tmp_path / name)
+    committed = json.loads((ROOT / name / "metrics.json").read_text())
+    (tmp_path / name / "latent_space.png").unlink()
+    (tmp_path / name / "metrics.json").write_text(json.dumps({**committed, "test_mse": 9.0}))
+    ae_cli.run_experiments([name], root=tmp_path, data_root=DATA, redraw=True, progress=False)
+    assert f"{name}: finished, skipped" in capsys.readouterr().out
+    assert json.loads((tmp_path / name / "metrics.json").read_text()) == committed
+    assert (tmp_path / name / "latent_space.png").is_file()

@@ -90,9 +90,14 @@ def test_a_folder_trained_with_another_config_is_retrained(mnist, small_config, 
 
 def test_divergence_stops_warns_keeps_best_weights_and_plots_finite_part(mnist, small_config):
     config = ah.RunConfig(**{**small_config.to_dict(), "optimizer": "sgd_momentum", "lr": 20.0, "epochs": 6})
-    with pytest.warns(RuntimeWarning, match="training diverged at epoch .* smaller learning rate"):
+    with pytest.warns(RuntimeWarning) as caught:
         run = ah.train(config, mnist, progress=False)
+    message = str(caught[0].message)
     losses = run.history["train_loss"]
+    assert message.startswith(f"training diverged at epoch {len(losses)}: the loss became {losses[-1]}. ")
+    assert f"the best weights so far (epoch {run.metrics['best_epoch']}) are kept" in message
+    assert message.endswith("Try a smaller learning rate (for SGD with momentum, 10x smaller) or Adam.")
+    assert caught[0].filename == __file__  # the warning points at the caller's line, not inside ae_helpers
     assert run.metrics["diverged"]
     assert not math.isfinite(losses[-1])
     assert len(losses) < 6

@@ -13,11 +13,13 @@ mutation/explained.json (why it cannot change behaviour); the summary lists the 
 
 import argparse
 import ast
+import hashlib
 import json
 import re
 import subprocess
 import sys
 from collections import Counter
+from fnmatch import fnmatch
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,10 +30,13 @@ CORE = {
 BANNER = re.compile(r"^# -{20,}\n# (.+)\n# -{20,}$", re.M)
 KILLED, SURVIVED, TIMEOUT = {1, 3}, {0}, {36, -24, 24, 152, 255}
 OUT = ROOT / "mutation"
+EXPLAINED = OUT / "explained.json"  # {mutant: why it cannot change behaviour}
+RUNNING = ROOT / "mutants" / "functions-run.json"  # the functions the last `run` tested (mutants/ holds older ones too)
+LEDGER = OUT / "results.json"  # committed: results survive a session, per function until its source changes
 
 
 def sections(path) -> dict:
-    """{mutmut's name of each function or method in ``path``: the section (banner) it sits under}."""
+    """{mutmut's name of each function or method in ``path``: (its section, a hash of its source)}."""
     source = (ROOT / path).read_text()
     starts = [(source[: m.start()].count("\n") + 1, m.group(1).split(":")[0]) for m in BANNER.finditer(source)]
     module = Path(path).stem
@@ -39,22 +44,63 @@ def sections(path) -> dict:
     for node in ast.parse(source).body:
         section = next((name for line, name in reversed(starts) if line <= node.lineno), None)
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            found[f"{module}.x_{node.name}"] = section
+            found[f"{module}.x_{node.name}"] = (section, _hash(source, node))
         elif isinstance(node, ast.ClassDef):
             for item in node.body:
                 if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    found[f"{module}.x\u01c1{node.name}\u01c1{item.name}"] = section
+                    found[f"{module}.x\u01c1{node.name}\u01c1{item.name}"] = (section, _hash(source, item))
     return found
 
 
+def _hash(source, node) -> str:
+    return hashlib.sha256(ast.get_source_segment(source, node).encode()).hexdigest()[:12]
+
+
 def core_functions() -> dict:
-    return {name: section for path, core in CORE.items() for name, section in sections(path).items() if section in core}
+    """{function: (section, source hash)} of the core."""
+    return {name: found for path, core in CORE.items() for name, found in sections(path).items() if found[0] in core}
 
 
-def run(max_children) -> int:
-    patterns = [f"{name}__mutmut_*" for name in core_functions()]
-    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *patterns]
-    return subprocess.run(command, cwd=ROOT).returncode
+def load_ledger() -> dict:
+    """The committed results: {"mutants": {name: exit code}, "done": {function: source hash when finished}}."""
+    return json.loads(LEDGER.read_text()) if LEDGER.is_file() else {"mutants": {}, "done": {}}
+
+
+def update_ledger(ledger) -> dict:
+    """Add the last run's results (mutants/) to the ledger; forget functions whose source changed since."""
+    functions = core_functions()
+    ran = set(json.loads(RUNNING.read_text())) if RUNNING.is_file() else set()
+    by_function = {}
+    for mutant, code in results().items():
+        by_function.setdefault(mutant.rsplit("__mutmut_", 1)[0], {})[mutant] = code
+    for function, codes in by_function.items():
+        if function in functions and function in ran and any(code is not None for code in codes.values()):
+            ledger["mutants"].update({m: c for m, c in codes.items() if c is not None})
+            if all(code is not None for code in codes.values()):
+                ledger["done"][function] = functions[function][1]
+    current = {f for f, (_, digest) in functions.items() if ledger["done"].get(f, digest) == digest}
+    ledger["done"] = {f: h for f, h in ledger["done"].items() if f in current}
+    ledger["mutants"] = dict(
+        sorted((m, c) for m, c in ledger["mutants"].items() if m.rsplit("__mutmut_", 1)[0] in current)
+    )
+    return ledger
+
+
+def run(max_children, only=()) -> int:
+    """mutmut on the core functions not finished yet (by the committed ledger); returns mutmut's exit code."""
+    done = load_ledger()["done"]
+    todo = [
+        f
+        for f, (section, digest) in core_functions().items()
+        if (not only or section in only) and done.get(f) != digest
+    ]
+    if not todo:
+        print("every core function is tested (mutation/results.json); nothing to run")
+        return 0
+    RUNNING.parent.mkdir(exist_ok=True)
+    _write(RUNNING, json.dumps(todo))  # only these functions' results in mutants/ are from this run
+    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
+    return subprocess.run(command + [f"{f}__mutmut_*" for f in todo], cwd=ROOT).returncode
 
 
 def results() -> dict:
@@ -70,79 +116,98 @@ def results() -> dict:
 def status(code) -> str:
     if code is None:
         return "not tested"
-    return (
-        "killed"
-        if code in KILLED
-        else "survived"
-        if code in SURVIVED
-        else "timed out"
-        if code in TIMEOUT
-        else ("no tests" if code in (5, 33) else f"other ({code})")
-    )
+    if code in KILLED | SURVIVED | TIMEOUT:
+        return "killed" if code in KILLED else "survived" if code in SURVIVED else "timed out"
+    return "no tests" if code in (5, 33) else f"other ({code})"
 
 
-def summary() -> str:
-    functions, codes = core_functions(), results()
-    explained = json.loads((OUT / "explained.json").read_text()) if (OUT / "explained.json").is_file() else {}
-    counts, survivors = {}, []
-    for mutant, code in sorted(codes.items()):
-        function = mutant.rsplit("__mutmut_", 1)[0]
-        if function not in functions:
-            continue
-        section, state = functions[function], status(code)
-        counts.setdefault(section, Counter())[state] += 1
-        if state == "survived":
+def summary(ledger) -> str:
+    """Markdown: per section, how many functions are finished and what became of their mutants."""
+    functions = core_functions()
+    explained = json.loads(EXPLAINED.read_text()) if EXPLAINED.is_file() else {}
+    counts = {section: Counter() for section, _ in functions.values()}
+    for function, (section, digest) in functions.items():
+        counts[section]["functions"] += 1
+        counts[section]["finished"] += ledger["done"].get(function) == digest
+    survivors = []
+    for mutant, code in ledger["mutants"].items():
+        section = functions[mutant.rsplit("__mutmut_", 1)[0]][0]
+        counts[section][status(code)] += 1
+        if status(code) == "survived":
             survivors.append((section, mutant))
     lines = [
-        "# Mutation testing of the core",
-        "",
-        "Generated by `make mutants` (`tools/mutants.py`); mutmut "
-        "changes one thing at a time in a function (an operator, a constant, an argument) and runs the fast "
-        "tests that reach it. Killed: a test failed. Survived: every test passed. Timed out: the tests ran 15x "
-        "longer than unmutated (counted as killed: a hang is caught).",
-        "",
-        "| section | mutants | killed | survived | timed out | other | killed % |",
-        "|---|---|---|---|---|---|---|",
+        *SUMMARY_HEAD,
+        "| section | functions finished | mutants tested | killed | survived | timed out | no tests | killed % |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     total = Counter()
-    for section, counter in sorted(counts.items()):
-        total += counter
-        lines.append(_row(section, counter))
-    lines.append(_row("**all core**", total))
-    lines += ["", "## Survivors", ""]
-    for section, mutant in survivors:
-        reason = explained.get(mutant, "not explained yet")
-        lines.append(f"- `{mutant}` ({section}): {reason}")
+    for section in sorted(counts):
+        total += counts[section]
+        lines.append(_row(section, counts[section]))
+    lines += [_row("**all core**", total), "", "## Survivors", ""]
+    lines += [f"- `{m}` ({section}): {explained.get(m, 'not explained yet')}" for section, m in survivors]
     return "\n".join(lines) + "\n"
+
+
+SUMMARY_HEAD = [
+    "# Mutation testing of the core",
+    "",
+    "Generated by `make mutants` (`tools/mutants.py`): mutmut changes one thing at a time in a function (an "
+    "operator, a constant, an argument, a string) and runs the fast tests that reach it. Killed: a test failed. "
+    "Survived: every test passed. Timed out: the tests ran far longer than unmutated (counted as killed: a hang "
+    "is caught). No tests: no fast test reaches the function. Killed % = (killed + timed out) / (killed + "
+    "survived + timed out). A function is finished when all its mutants are tested; results are kept in "
+    "mutation/results.json until the function's source changes.",
+    "",
+]
 
 
 def _row(section, counter) -> str:
     tested = counter["killed"] + counter["survived"] + counter["timed out"]
-    other = sum(counter.values()) - tested
     killed = f"{100 * (counter['killed'] + counter['timed out']) / tested:.1f}" if tested else "-"
     cells = [
         section,
-        sum(counter.values()),
+        f"{counter['finished']} of {counter['functions']}",
+        tested + counter["no tests"],
         counter["killed"],
         counter["survived"],
         counter["timed out"],
-        other,
+        counter["no tests"],
         killed,
     ]
     return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def _write(path, text):
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("run", "summary"))
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (one per core)")
+    parser.add_argument("--sections", nargs="+", default=(), metavar="SECTION", help="run only these sections")
+    parser.add_argument(
+        "--again",
+        nargs="+",
+        default=(),
+        metavar="PATTERN",
+        help="test these functions again (glob over names such as ae_helpers.x_train), e.g. after "
+        "adding a test that should kill a survivor",
+    )
     args = parser.parse_args(argv)
-    code = run(args.max_children) if args.command == "run" else 0
     OUT.mkdir(exist_ok=True)
-    text = summary()
-    tmp = OUT / ".summary.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(OUT / "summary.md")
+    if args.again:
+        ledger = load_ledger()
+        ledger["done"] = {f: h for f, h in ledger["done"].items() if not any(fnmatch(f, p) for p in args.again)}
+        _write(LEDGER, json.dumps(ledger, indent=1, ensure_ascii=False) + "\n")
+    code = run(args.max_children, args.sections) if args.command == "run" else 0
+    ledger = update_ledger(load_ledger())
+    _write(LEDGER, json.dumps(ledger, indent=1, ensure_ascii=False) + "\n")
+    text = summary(ledger)
+    _write(OUT / "summary.md", text)
     print(text)
     return code
 
