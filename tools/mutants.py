@@ -87,20 +87,25 @@ def update_ledger(ledger) -> dict:
 
 
 def run(max_children, only=()) -> int:
-    """mutmut on the core functions not finished yet (by the committed ledger); returns mutmut's exit code."""
+    """mutmut on the core functions not finished yet (by the committed ledger), a section at a time; after each
+    section that mutmut finishes, its results go into the ledger. Returns the first failing exit code."""
     done = load_ledger()["done"]
-    todo = [
-        f
-        for f, (section, digest) in core_functions().items()
-        if (not only or section in only) and done.get(f) != digest
-    ]
+    todo = {}
+    for function, (section, digest) in core_functions().items():
+        if (not only or section in only) and done.get(function) != digest:
+            todo.setdefault(section, []).append(function)
+    for section, functions in todo.items():
+        print(f"--- {section}: {len(functions)} functions", flush=True)
+        RUNNING.unlink(missing_ok=True)
+        command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
+        code = subprocess.run(command + [f"{f}__mutmut_*" for f in functions], cwd=ROOT).returncode
+        if code:
+            return code  # interrupted or failed: mutants/ may hold older results for these functions
+        _write(RUNNING, json.dumps(functions))  # only these functions' results in mutants/ are from this run
+        _write(LEDGER, json.dumps(update_ledger(load_ledger()), indent=1, ensure_ascii=False) + "\n")
     if not todo:
         print("every core function is tested (mutation/results.json); nothing to run")
-        return 0
-    RUNNING.parent.mkdir(exist_ok=True)
-    _write(RUNNING, json.dumps(todo))  # only these functions' results in mutants/ are from this run
-    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
-    return subprocess.run(command + [f"{f}__mutmut_*" for f in todo], cwd=ROOT).returncode
+    return 0
 
 
 def results() -> dict:
