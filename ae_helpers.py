@@ -282,6 +282,10 @@ class RunConfig:
                 f"noise must be a standard deviation >= 0 such as 0.5 (0 turns it off), got {self.noise!r}."
             )
 
+    def replace(self, **changes) -> RunConfig:
+        """A copy with ``changes`` applied (and checked), e.g. ``config.replace(lr=1e-3)``."""
+        return dataclasses.replace(self, **changes)
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["layer_sizes"] = list(self.layer_sizes)
@@ -471,6 +475,16 @@ def run_split(config: RunConfig, n=60000):
     """(train_idx, val_idx) of a run: the fixed validation split, the training part cut to train_subset."""
     train_idx, val_idx = split_indices(n, config.val_size)
     return (train_idx[: config.train_subset] if config.train_subset else train_idx), val_idx
+
+
+def fixed_order(data: MNIST, config: RunConfig, seed=0) -> MNIST:
+    """A copy whose training images (those ``config`` trains on) are permuted once, seeded; the validation
+    images stay in place. Trained with ``shuffle=False``: one fixed random order, the same every epoch."""
+    train_idx, _ = run_split(config, len(data.train_images))
+    moved = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(seed))]
+    images, labels = data.train_images.clone(), data.train_labels.clone()
+    images[train_idx], labels[train_idx] = data.train_images[moved], data.train_labels[moved]
+    return dataclasses.replace(data, train_images=images, train_labels=labels)
 
 
 def place_data(config: RunConfig, data: MNIST, device) -> Splits:
@@ -992,6 +1006,19 @@ def silhouette_score(codes, labels, chunk=1000) -> float:
     return torch.cat(scores).mean().item()
 
 
+def per_digit_latent(train_codes, train_labels, test_codes, test_labels, k=5) -> dict:
+    """Per digit 0-9: the median distance of its test codes from the median of all test codes (the
+    centre of the plane), and the k-NN accuracy of its test codes among the training codes."""
+    centre = test_codes.median(0).values
+    distance = (test_codes - centre).norm(dim=1)
+    out = {"median_distance": [], f"knn{k}_accuracy": []}
+    for digit in range(10):
+        mask = test_labels == digit
+        out["median_distance"].append(distance[mask].median().item())
+        out[f"knn{k}_accuracy"].append(knn_accuracy(train_codes, train_labels, test_codes[mask], test_labels[mask], k))
+    return out
+
+
 def mse_units(mse, data: MNIST) -> dict:
     """An MSE in the data's units -> {'normalized': ..., 'pixels': ...}; normalized = pixels / 0.3081**2."""
     pixels = mse * data.std**2
@@ -1129,27 +1156,55 @@ def plot_learning_curves(
     return ax.figure
 
 
-def plot_latent(codes, labels, title="Test set in the latent plane", ax=None, s=2):
-    """Scatter of 2-D codes coloured by digit, with a legend."""
+def plot_latent(codes, labels, title="Test set in the latent plane", ax=None, s=2, seed=0, extent=None):
+    """Scatter of 2-D codes coloured by digit, drawn in a random order (seeded) so that no digit is
+    hidden under the digits drawn after it; the legend sits outside the plot. ``extent`` (xmin, xmax,
+    ymin, ymax) sets the view (default: all but the outer 0.2% of codes on each side)."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 5.5))
+        _, ax = plt.subplots(figsize=(6.6, 5.5))
     codes, labels = torch.as_tensor(codes).cpu(), torch.as_tensor(labels).cpu()
+    order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(seed))
     cmap = plt.get_cmap(DIGIT_CMAP)
-    for digit in range(10):
-        mask = labels == digit
-        ax.scatter(codes[mask, 0], codes[mask, 1], s=s, color=cmap(digit), label=str(digit), rasterized=True)
-    xmin, xmax, ymin, ymax = latent_extent(codes, 0.002)  # a few far outliers would squash the rest
+    colours = cmap(labels[order].numpy())
+    ax.scatter(codes[order, 0], codes[order, 1], s=s, c=colours, rasterized=True)
+    xmin, xmax, ymin, ymax = extent or latent_extent(codes, 0.002)  # a few far outliers would squash the rest
     pad_x, pad_y = 0.05 * (xmax - xmin), 0.05 * (ymax - ymin)
     ax.set_xlim(xmin - pad_x, xmax + pad_x)
     ax.set_ylim(ymin - pad_y, ymax + pad_y)
     ax.set_xlabel("latent dimension 1")
     ax.set_ylabel("latent dimension 2")
     ax.set_title(title)
-    ax.legend(title="digit", markerscale=6 / max(s, 1) * 2, fontsize=8, loc="best")
+    handles = [Line2D([], [], ls="", marker="o", markersize=5, color=cmap(d), label=str(d)) for d in range(10)]
+    ax.legend(handles=handles, title="digit", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.figure.tight_layout()
     return ax.figure
+
+
+def dense_centre(codes, fraction=0.15):
+    """(x, y, half_width): a square around the median code that holds about ``fraction`` of the codes."""
+    codes = torch.as_tensor(codes).cpu().float()
+    centre = codes.median(0).values
+    half_width = torch.quantile((codes - centre).abs().amax(1), fraction).item()
+    return centre[0].item(), centre[1].item(), half_width
+
+
+def plot_latent_centre(codes, labels, title="Test set in the latent plane", fraction=0.15):
+    """Two panels: the whole latent plane with the dense centre outlined, and the centre enlarged."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    x, y, r = dense_centre(codes, fraction)
+    fig, (whole, zoom) = plt.subplots(1, 2, figsize=(12, 5.2))
+    plot_latent(codes, labels, title=title, ax=whole)
+    whole.get_legend().remove()
+    whole.add_patch(Rectangle((x - r, y - r), 2 * r, 2 * r, fill=False, ec="k", lw=1))
+    plot_latent(codes, labels, ax=zoom, s=4, extent=(x - r, x + r, y - r, y + r))
+    zoom.set_title(f"the centre enlarged: {fraction:.0%} of the codes")
+    fig.tight_layout()
+    return fig
 
 
 def latent_extent(codes, quantile=0.01):
@@ -1228,7 +1283,7 @@ def draw_run_figures(run: Run, data: MNIST) -> None:
     if run.model is not None and run.model.latent_dim == 2:
         codes = encode(run.model, data.test_images)
         title = f"{name}: 5-NN accuracy {run.metrics.get('knn5_accuracy', float('nan')):.3f}"
-        _save_figure(plot_latent(codes, data.test_labels, title=title), d / "latent_space.png", dpi=90)
+        _save_figure(plot_latent_centre(codes, data.test_labels, title=title), d / "latent_space.png", dpi=90)
         _save_figure(
             plot_manifold(run.model, codes, data, title=f"{name}: decoder over the latent plane"),
             d / "latent_manifold.png",
@@ -1349,7 +1404,7 @@ class LatentExplorer:
         codes = encode(model, images)
         self.neighbours = LatentNeighbours(codes)
         self.pixels = as_uint8(pixel_values(images, data)).reshape(-1, IMAGE_SIDE, IMAGE_SIDE).numpy()
-        self.fig = Figure(figsize=(5, 4.6), dpi=100)  # fixed: the same layout whatever the notebook's rcParams
+        self.fig = Figure(figsize=(5.6, 4.6), dpi=100)  # fixed: the same layout whatever the notebook's rcParams
         self.ax = self.fig.add_subplot()
         plot_latent(codes, self.labels, title=title, ax=self.ax)
         canvas = _widget_canvas(self.fig)
@@ -1571,18 +1626,122 @@ def markdown_table(header, rows) -> str:
     return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
 
 
-def saved_tensor_bytes(model, images) -> int:
-    """Bytes of activations autograd saves for the backward pass during one forward of ``images``."""
-    total = 0
+def lr_grid(base: RunConfig, grid: dict, data: MNIST, done=None) -> dict:
+    """Train ``base`` with each optimizer and learning rate of ``grid`` ({optimizer: rates}); returns
+    {(optimizer, lr): Run}. Runs in ``done`` (same keys) are reused. A run that diverges is kept
+    (``metrics["diverged"]``) without its warning."""
+    runs = {}
+    for optimizer, rates in grid.items():
+        for lr in rates:
+            if done and (optimizer, lr) in done:
+                runs[optimizer, lr] = done[optimizer, lr]
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                runs[optimizer, lr] = train(base.replace(optimizer=optimizer, lr=lr), data, progress=False)
+    return runs
+
+
+def best_by_validation(runs: dict) -> dict:
+    """{optimizer: (lr, Run)}: each optimizer's run with the lowest validation MSE (diverged runs excluded)."""
+    best = {}
+    for (optimizer, lr), run in runs.items():
+        if run.metrics["diverged"] or not math.isfinite(run.metrics["val_mse"]):
+            continue
+        if optimizer not in best or run.metrics["val_mse"] < best[optimizer][1].metrics["val_mse"]:
+            best[optimizer] = (lr, run)
+    return best
+
+
+def grid_table(runs: dict, key="val_mse"):
+    """A Markdown table of a learning-rate grid: a row per optimizer, a column per rate, ``key`` in each
+    cell (best of the row in bold; "diverged" where the loss became NaN)."""
+    from IPython.display import Markdown
+
+    rates = sorted({lr for _, lr in runs})
+    best = best_by_validation(runs) if key == "val_mse" else {}
+    rows = []
+    for optimizer in dict.fromkeys(o for o, _ in runs):
+        cells = []
+        for lr in rates:
+            run = runs.get((optimizer, lr))
+            text = "" if run is None else "diverged" if run.metrics["diverged"] else f"{run.metrics[key]:.4f}"
+            cells.append(f"**{text}**" if optimizer in best and best[optimizer][0] == lr else text)
+        rows.append([optimizer, *cells])
+    return Markdown(markdown_table([f"{key} at lr", *(f"{lr:g}" for lr in rates)], rows))
+
+
+def saved_tensor_bytes(model, images) -> dict:
+    """Bytes autograd keeps for the backward pass of one forward of ``images``, each storage counted once
+    (a ReLU's output is saved by the ReLU and by the next layer's matmul; it is one block of memory).
+
+    Returns {"activations": ..., "parameters": ..., "input": ...}: memory the forward creates and keeps
+    only for the backward pass, and the weights (saved as transposed views) and the input, which exist
+    anyway.
+    """
+    storages = {}
 
     def pack(tensor):
-        nonlocal total
-        total += tensor.numel() * tensor.element_size()
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         model(images)
-    return total
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    inputs = {images.untyped_storage().data_ptr()}
+    return {
+        "activations": sum(n for ptr, n in storages.items() if ptr not in parameters | inputs),
+        "parameters": sum(n for ptr, n in storages.items() if ptr in parameters),
+        "input": sum(n for ptr, n in storages.items() if ptr in inputs),
+    }
+
+
+def loss_noise(values, last=50) -> float:
+    """Epoch-to-epoch noise of a loss curve: the SD of its last ``last`` values about a straight-line fit."""
+    y = np.asarray(values[-last:], dtype=float)
+    x = np.arange(len(y))
+    return float(np.std(y - np.polyval(np.polyfit(x, y, 1), x), ddof=1))
+
+
+def window_mean(values, first, last) -> float:
+    """Mean of a per-epoch curve over epochs ``first`` to ``last`` (1-based, both included); NaN when the
+    curve has none of them."""
+    window = values[first - 1 : last]
+    return float(np.mean(window)) if len(window) else math.nan
+
+
+def loss_at_time(run: Run, seconds, split="val") -> float:
+    """The ``split`` loss at the last epoch whose training ended within ``seconds`` of training time
+    (evaluation excluded; the epochs of one run take equal time). NaN when not even one epoch did."""
+    per_epoch = run.metrics["train_seconds"] / run.metrics["epochs_run"]
+    epochs = min(int(seconds // per_epoch), run.metrics["epochs_run"])
+    return float(run.history[f"{split}_loss"][epochs - 1]) if epochs else math.nan
+
+
+def gradient_signs(model, images, batch_size, n_batches) -> dict:
+    """How minibatch gradient signs relate to the gradient of all their images together, at fixed weights.
+
+    Of the gradient components (the parameters): ``flip``, the fraction whose sign differs between the
+    first two batches; ``vote``, the fraction where the majority of the batches' signs (what sign-based
+    steps such as Rprop's add up to) points against the sign of the batches' mean gradient (what steps
+    that weigh each batch by its gradient's size add up to).
+    """
+    sign_sum, grad_sum, first, flip = 0, 0, None, None
+    for i in range(n_batches):
+        batch = images[i * batch_size : (i + 1) * batch_size]
+        model.zero_grad()
+        F.mse_loss(model(batch), batch).backward()
+        grad = torch.cat([p.grad.flatten() for p in model.parameters()])
+        sign_sum, grad_sum = sign_sum + grad.sign(), grad_sum + grad
+        if first is None:
+            first = grad
+        elif flip is None:
+            flip = ((first * grad) < 0).float().mean().item()
+    model.zero_grad()
+    decided = sign_sum != 0
+    vote = ((sign_sum.sign() != grad_sum.sign()) & decided).float().sum().item() / decided.sum().item()
+    return {"flip": flip, "vote": vote}
 
 
 def save_evidence(evidence: dict) -> None:
@@ -1613,6 +1772,8 @@ EXPERIMENTS = {
     "default_layers/rmsprop_lr5e-4": RunConfig(optimizer="rmsprop", epochs=SWEEP_EPOCHS),
     "default_layers/rprop_lr5e-4": RunConfig(optimizer="rprop", epochs=SWEEP_EPOCHS),
     "default_layers/adam_lr5e-4_epochs20": RunConfig(epochs=SWEEP_EPOCHS),
+    # The original submission's SGD with momentum at 5e-4 gave NaN from epoch 43: the full 150 epochs.
+    "default_layers/sgd_momentum_lr5e-4_epochs150": RunConfig(optimizer="sgd_momentum", epochs=MAIN_EPOCHS),
     # One step per epoch: the whole training set as one batch.
     "default_layers/fullbatch_adam_lr5e-4": RunConfig(batch_size=FULL_BATCH, epochs=MAIN_EPOCHS),
     # Better recipes for the same architectures: the learning rate decays to 0 (cosine) by the end,
@@ -1657,6 +1818,20 @@ EXPERIMENTS = {
         layer_sizes=MYNET_LAYERS, epochs=MAIN_EPOCHS, ema=0.999, noise=1.0
     ),
     "default_layers/adam_lr5e-4_ema0.999_noise0.5": RunConfig(epochs=MAIN_EPOCHS, ema=0.999, noise=0.5),
+    # The trials that chose mynet's denoising recipe before the runs above, compared on the validation
+    # split only: 100 epochs with averaged weights; averaging alone, noise 0.5 (two seeds each), noise 1.0
+    # and leaky ReLU.
+    **{
+        f"mynet/trial100_ema0.999{name}": RunConfig(layer_sizes=MYNET_LAYERS, epochs=100, ema=0.999, **changes)
+        for name, changes in {
+            "": {},
+            "_seed1": {"seed": 1},
+            "_noise0.5": {"noise": 0.5},
+            "_noise0.5_seed1": {"noise": 0.5, "seed": 1},
+            "_noise1.0": {"noise": 1.0},
+            "_leaky_relu": {"activation": "leaky_relu"},
+        }.items()
+    },
 }
 COMMITTED_WEIGHTS = (
     "default_layers/adam_lr5e-4",

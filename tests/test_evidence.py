@@ -1,0 +1,153 @@
+"""The measurements the notebook's answers rest on: each against a case whose answer is known."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import ae_helpers as ah
+
+
+def test_saved_tensors_count_each_storage_once_and_split_activations_from_weights_and_input():
+    torch.manual_seed(0)
+    model = ah.Autoencoder((8, 4, 2), input_dim=16)
+    x = torch.randn(5, 16)
+    saved = ah.saved_tensor_bytes(model, x)
+    # The ReLU outputs are kept once each (the ReLU and the next matmul share them): hidden sizes 8, 4
+    # in the encoder and 4, 8 in the decoder, plus the linear code (2) that the decoder's matmul saves.
+    assert saved["activations"] == 5 * (8 + 4 + 2 + 4 + 8) * 4
+    assert saved["input"] == x.numel() * 4
+    # Each layer's weight is saved for the gradient of its input, except the first (the images need none).
+    weights = [p for p in model.parameters() if p.dim() == 2]
+    assert saved["parameters"] == sum(w.numel() for w in weights[1:]) * 4
+    with torch.no_grad():
+        assert ah.saved_tensor_bytes(model, x) == {"activations": 0, "parameters": 0, "input": 0}
+
+
+def test_loss_noise_recovers_the_noise_about_a_trend():
+    rng = np.random.default_rng(0)
+    values = 0.4 - 0.001 * np.arange(200) + rng.normal(0, 0.002, 200)
+    assert ah.loss_noise(values, last=200) == pytest.approx(0.002, rel=0.15)
+    assert ah.loss_noise(list(np.linspace(1, 0, 60)), last=50) == pytest.approx(0, abs=1e-12)  # a trend is not noise
+
+
+def test_window_mean_takes_epochs_first_to_last_inclusive():
+    values = [1.0, 2.0, 3.0, 4.0, 5.0]  # epochs 1 to 5
+    assert ah.window_mean(values, 2, 4) == 3.0
+    assert ah.window_mean(values, 5, 5) == 5.0
+    assert math.isnan(ah.window_mean(values, 51, 100))  # a short (quick-mode) run has no such epochs
+
+
+def _run(train_seconds, val_losses):
+    metrics = {"train_seconds": train_seconds, "epochs_run": len(val_losses)}
+    return ah.Run(ah.RunConfig(), None, {"val_loss": val_losses}, metrics, None, None)
+
+
+def test_loss_at_time_is_the_last_epoch_finished_within_the_budget():
+    run = _run(10.0, [0.9, 0.8, 0.7, 0.6, 0.5])  # 2 s per epoch
+    assert ah.loss_at_time(run, 5.9) == 0.8
+    assert ah.loss_at_time(run, 6.0) == 0.7
+    assert ah.loss_at_time(run, 100) == 0.5
+    assert math.isnan(ah.loss_at_time(run, 1.0))
+
+
+def test_fixed_order_permutes_the_training_images_once_and_leaves_validation_in_place(mnist):
+    data = mnist.subset(7000).sorted_by_label()
+    config = ah.RunConfig(epochs=1)
+    train_idx, val_idx = ah.run_split(config, len(data.train_images))
+    moved = ah.fixed_order(data, config, seed=3)
+    assert torch.equal(moved.train_images[val_idx], data.train_images[val_idx])
+    assert torch.equal(moved.train_labels[val_idx], data.train_labels[val_idx])
+    assert torch.equal(moved.train_labels[train_idx].sort().values, data.train_labels[train_idx].sort().values)
+    labels = moved.train_labels[train_idx]
+    assert (labels[1:] == labels[:-1]).float().mean() < 0.2  # no longer sorted (sorted: about 1.0)
+    assert torch.equal(ah.fixed_order(data, config, seed=3).train_images, moved.train_images)  # seeded
+    assert not torch.equal(ah.fixed_order(data, config, seed=4).train_images, moved.train_images)
+
+
+def test_best_by_validation_picks_each_optimizers_lowest_validation_loss_and_skips_diverged_runs():
+    def run(val, diverged=False):
+        return ah.Run(ah.RunConfig(), None, {}, {"val_mse": val, "diverged": diverged}, None, None)
+
+    runs = {("sgd", 0.1): run(0.7), ("sgd", 1.0): run(0.5), ("sgd", 3.0): run(0.1, diverged=True)}
+    runs |= {("adam", 1e-4): run(0.6), ("adam", 1e-3): run(math.nan)}
+    best = ah.best_by_validation(runs)
+    assert {opt: lr for opt, (lr, _) in best.items()} == {"sgd": 1.0, "adam": 1e-4}
+    table = ah.grid_table(runs).data
+    assert "**0.5000**" in table and "diverged" in table and "**0.6000**" in table
+
+
+def test_lr_grid_trains_each_rate_reuses_done_runs_and_keeps_a_diverged_run_quietly(mnist, small_config):
+    done = {("sgd_momentum", 1e-2): "already trained"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the divergence warning must not escape
+        runs = ah.lr_grid(small_config.replace(epochs=1), {"sgd_momentum": (1e-2, 1e-1, 1e6)}, mnist, done=done)
+    assert runs[("sgd_momentum", 1e-2)] == "already trained"
+    assert runs[("sgd_momentum", 1e-1)].config.lr == 1e-1
+    assert runs[("sgd_momentum", 1e6)].metrics["diverged"]
+
+
+def test_gradient_signs_of_identical_batches_never_disagree(mnist):
+    torch.manual_seed(0)
+    model = ah.Autoencoder((32, 2))
+    same = mnist.train_images[:64].repeat(5, 1)  # five copies of one batch
+    signs = ah.gradient_signs(model, same, batch_size=64, n_batches=5)
+    assert signs == {"flip": 0.0, "vote": 0.0}
+    different = ah.gradient_signs(model, mnist.train_images, batch_size=64, n_batches=5)
+    assert 0 < different["vote"] < different["flip"] < 0.5
+
+
+def test_gradient_signs_vote_weighs_batches_equally_whatever_their_size():
+    class Constant(torch.nn.Module):  # outputs w everywhere: the gradient of mean((w - x)^2) is 2 (w - mean(x))
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return self.w.expand_as(x)
+
+    # Three batches with gradients +1, +1 and -10 at w = 0: two signs of three say +, the mean says -.
+    signs = ah.gradient_signs(Constant(), torch.tensor([[-0.5], [-0.5], [5.0]]), batch_size=1, n_batches=3)
+    assert signs == {"flip": 0.0, "vote": 1.0}
+
+
+def test_per_digit_latent_finds_the_collapsed_digit():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(10).repeat(100)
+    directions = torch.stack([torch.cos(torch.arange(10) * 0.6), torch.sin(torch.arange(10) * 0.6)], 1)
+    radius = torch.where(labels == 3, 0.05, 5.0)
+    codes = directions[labels] * radius[:, None] * (1 + torch.rand(1000, generator=gen))[:, None]
+    stats = ah.per_digit_latent(codes, labels, codes + 1e-4, labels)
+    assert int(np.argmin(stats["median_distance"])) == 3
+    assert stats["median_distance"][3] < 0.2 < 4 < min(d for i, d in enumerate(stats["median_distance"]) if i != 3)
+    assert stats["knn5_accuracy"] == [1.0] * 10
+
+
+def test_latent_scatter_mixes_the_digits_and_the_centre_panel_holds_the_dense_centre():
+    import matplotlib.pyplot as plt
+
+    labels = torch.arange(10).repeat_interleave(50)
+    codes = (
+        torch.randn(500, 2, generator=torch.Generator().manual_seed(0)) * torch.where(labels == 3, 0.01, 10.0)[:, None]
+    )
+    fig = ah.plot_latent(codes, labels)
+    colours = fig.axes[0].collections[0].get_facecolors()
+    first = {tuple(c) for c in colours[:50]}
+    assert len(first) >= 6  # file order would draw fifty 0s first, then fifty 1s ...
+    plt.close(fig)
+    x, y, r = ah.dense_centre(codes, fraction=0.1)
+    inside = ((codes - torch.tensor([x, y])).abs().amax(1) <= r).float().mean()
+    assert inside == pytest.approx(0.1, abs=0.01)
+    fig = ah.plot_latent_centre(codes, labels, fraction=0.1)
+    zoom = fig.axes[1]
+    assert zoom.get_xlim()[1] - zoom.get_xlim()[0] < 0.05 * (fig.axes[0].get_xlim()[1] - fig.axes[0].get_xlim()[0])
+    plt.close(fig)
+
+
+def test_config_replace_changes_one_field_and_checks_it():
+    config = ah.RunConfig(epochs=3)
+    assert config.replace(lr=1e-3) == ah.RunConfig(epochs=3, lr=1e-3)
+    with pytest.raises(ValueError, match="optimizer"):
+        config.replace(optimizer="adagrad")
