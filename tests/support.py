@@ -6,6 +6,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # What the notebook imports: a copy of the project needs all of them.
 MODULES = ("ae_helpers.py", "mnist_files.py")
+# What the notebook reads besides MNIST: the saved runs and the committed benchmark.
+RESULT_FOLDERS = ("default_layers", "mynet", "benchmarks")
 
 
 def copy_project(dest):
@@ -13,7 +15,7 @@ def copy_project(dest):
     touches nothing in the repository. The verified MNIST is linked, only read."""
     for name in ("bmi219_autoencoder.ipynb", *MODULES):
         shutil.copy2(ROOT / name, dest / name)
-    for name in ("default_layers", "mynet"):
+    for name in RESULT_FOLDERS:
         shutil.copytree(ROOT / name, dest / name)
     (dest / "data").symlink_to(ROOT / "data")
     return dest
