@@ -1620,6 +1620,15 @@ def runs_table(
     return Markdown(markdown_table(["run", *columns], rows))
 
 
+def digits_table(rows: dict):
+    """A Markdown table with one column per digit 0-9, {row label: ten values} (e.g. from
+    ``per_digit_latent``)."""
+    from IPython.display import Markdown
+
+    body = [[label, *(f"{v:.3f}" for v in values)] for label, values in rows.items()]
+    return Markdown(markdown_table(["digit", *range(10)], body))
+
+
 def markdown_table(header, rows) -> str:
     """A Markdown table: a header row, then one row per list of values."""
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
@@ -1709,6 +1718,14 @@ def window_mean(values, first, last) -> float:
     curve has none of them."""
     window = values[first - 1 : last]
     return float(np.mean(window)) if len(window) else math.nan
+
+
+def steps_run(run: Run, n_images) -> int:
+    """Optimizer steps a run took when trained on ``n_images`` training images (its training split is
+    cut from them as in training): epochs run times batches per epoch, the last batch partial."""
+    train_idx, _ = run_split(run.config, n_images)
+    batch_size = min(run.config.batch_size, len(train_idx))
+    return run.metrics["epochs_run"] * math.ceil(len(train_idx) / batch_size)
 
 
 def loss_at_time(run: Run, seconds, split="val") -> float:

@@ -53,6 +53,16 @@ def test_loss_at_time_is_the_last_epoch_finished_within_the_budget():
     assert math.isnan(ah.loss_at_time(run, 1.0))
 
 
+def test_steps_run_counts_the_partial_last_batch_and_the_whole_split_when_not_cut():
+    def run(**config):
+        return ah.Run(ah.RunConfig(**config), None, {}, {"epochs_run": 2}, None, None)
+
+    assert ah.steps_run(run(train_subset=300, batch_size=128), 60000) == 2 * 3  # 128 + 128 + 44
+    assert ah.steps_run(run(train_subset=256, batch_size=128), 60000) == 2 * 2
+    assert ah.steps_run(run(val_size=1000, batch_size=1000), 6500) == 2 * 6  # 5,500 training images
+    assert ah.steps_run(run(train_subset=300, batch_size=1000), 60000) == 2  # one (full) batch per epoch
+
+
 def test_fixed_order_permutes_the_training_images_once_and_leaves_validation_in_place(mnist):
     data = mnist.subset(7000).sorted_by_label()
     config = ah.RunConfig(epochs=1)
@@ -151,3 +161,10 @@ def test_config_replace_changes_one_field_and_checks_it():
     assert config.replace(lr=1e-3) == ah.RunConfig(epochs=3, lr=1e-3)
     with pytest.raises(ValueError, match="optimizer"):
         config.replace(optimizer="adagrad")
+
+
+def test_digits_table_has_a_column_per_digit_and_a_row_per_label():
+    table = ah.digits_table({"5-NN": [i / 10 for i in range(10)], "distance": [1.0] * 10}).data.splitlines()
+    assert table[0] == "| digit | 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 |"
+    assert table[2].startswith("| 5-NN | 0.000 | 0.100 |") and table[2].endswith("| 0.900 |")
+    assert table[3].startswith("| distance | 1.000 |") and len(table) == 4
