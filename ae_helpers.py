@@ -1019,6 +1019,30 @@ def per_digit_latent(train_codes, train_labels, test_codes, test_labels, k=5) ->
     return out
 
 
+def per_digit_by_split(model, data: MNIST, train_idx, val_idx, k=5) -> dict:
+    """``per_digit_latent`` of a model's validation and of its test codes, each against its training codes:
+    {"validation": {...}, "test": {...}}. ``train_idx`` and ``val_idx`` index ``data.train_images``."""
+    train_codes, train_labels = encode(model, data.train_images[train_idx]), data.train_labels[train_idx]
+    splits = {
+        "validation": (data.train_images[val_idx], data.train_labels[val_idx]),
+        "test": (data.test_images, data.test_labels),
+    }
+    return {
+        name: per_digit_latent(train_codes, train_labels, encode(model, images), labels, k)
+        for name, (images, labels) in splits.items()
+    }
+
+
+def digit_rows(per_digit: dict, k=5) -> dict:
+    """The rows of ``digits_table`` for a ``per_digit_by_split`` result: the test codes' median distance
+    from the centre, then the k-NN accuracy of the validation and of the test codes."""
+    return {
+        "median distance from the centre (test codes)": per_digit["test"]["median_distance"],
+        f"{k}-NN accuracy, validation codes": per_digit["validation"][f"knn{k}_accuracy"],
+        f"{k}-NN accuracy, test codes": per_digit["test"][f"knn{k}_accuracy"],
+    }
+
+
 def mse_units(mse, data: MNIST) -> dict:
     """An MSE in the data's units -> {'normalized': ..., 'pixels': ...}; normalized = pixels / 0.3081**2."""
     pixels = mse * data.std**2

@@ -168,3 +168,23 @@ def test_digits_table_has_a_column_per_digit_and_a_row_per_label():
     assert table[0] == "| digit | 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 |"
     assert table[2].startswith("| 5-NN | 0.000 | 0.100 |") and table[2].endswith("| 0.900 |")
     assert table[3].startswith("| distance | 1.000 |") and len(table) == 4
+
+
+def test_per_digit_by_split_scores_validation_and_test_codes_against_the_training_codes(mnist):
+    model = ah.Autoencoder(ah.MYNET_LAYERS)  # untrained: any encoder will do
+    train_idx, val_idx = ah.split_indices(len(mnist.train_images), 500)
+    train_idx = train_idx[:2000]
+    per_digit = ah.per_digit_by_split(model, mnist, train_idx, val_idx)
+    train_codes = ah.encode(model, mnist.train_images[train_idx])
+    for split, images, labels in (
+        ("validation", mnist.train_images[val_idx], mnist.train_labels[val_idx]),
+        ("test", mnist.test_images, mnist.test_labels),
+    ):
+        direct = ah.per_digit_latent(train_codes, mnist.train_labels[train_idx], ah.encode(model, images), labels)
+        assert per_digit[split] == direct
+    rows = ah.digit_rows(per_digit)
+    assert list(rows.values()) == [
+        per_digit["test"]["median_distance"],
+        per_digit["validation"]["knn5_accuracy"],
+        per_digit["test"]["knn5_accuracy"],
+    ]

@@ -86,9 +86,10 @@ def update_ledger(ledger) -> dict:
     return ledger
 
 
-def run(max_children, only=()) -> int:
-    """mutmut on the core functions not finished yet (by the committed ledger), a section at a time; after each
-    section that mutmut finishes, its results go into the ledger. Returns the first failing exit code."""
+def run(max_children, only=(), chunk=4) -> int:
+    """mutmut on the core functions not finished yet (by the committed ledger), ``chunk`` functions of a
+    section at a time; after each chunk that mutmut finishes, its results go into the ledger, so a run cut
+    off by the end of a session loses at most one chunk. Returns the first failing exit code."""
     done = load_ledger()["done"]
     todo = {}
     for function, (section, digest) in core_functions().items():
@@ -96,13 +97,16 @@ def run(max_children, only=()) -> int:
             todo.setdefault(section, []).append(function)
     for section, functions in todo.items():
         print(f"--- {section}: {len(functions)} functions", flush=True)
-        RUNNING.unlink(missing_ok=True)
-        command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
-        code = subprocess.run(command + [f"{f}__mutmut_*" for f in functions], cwd=ROOT).returncode
-        if code:
-            return code  # interrupted or failed: mutants/ may hold older results for these functions
-        _write(RUNNING, json.dumps(functions))  # only these functions' results in mutants/ are from this run
-        _write(LEDGER, json.dumps(update_ledger(load_ledger()), indent=1, ensure_ascii=False) + "\n")
+        for start in range(0, len(functions), chunk):
+            part = functions[start : start + chunk]
+            print(f"--- {section}: {', '.join(part)}", flush=True)
+            RUNNING.unlink(missing_ok=True)
+            command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
+            code = subprocess.run(command + [f"{f}__mutmut_*" for f in part], cwd=ROOT).returncode
+            if code:
+                return code  # interrupted or failed: mutants/ may hold older results for these functions
+            _write(RUNNING, json.dumps(part))  # only these functions' results in mutants/ are from this run
+            _write(LEDGER, json.dumps(update_ledger(load_ledger()), indent=1, ensure_ascii=False) + "\n")
     if not todo:
         print("every core function is tested (mutation/results.json); nothing to run")
     return 0
@@ -195,6 +199,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (one per core)")
     parser.add_argument("--sections", nargs="+", default=(), metavar="SECTION", help="run only these sections")
     parser.add_argument(
+        "--chunk", type=int, default=4, help="functions per mutmut call; each finished call is kept in the ledger"
+    )
+    parser.add_argument(
         "--again",
         nargs="+",
         default=(),
@@ -208,7 +215,7 @@ def main(argv=None) -> int:
         ledger = load_ledger()
         ledger["done"] = {f: h for f, h in ledger["done"].items() if not any(fnmatch(f, p) for p in args.again)}
         _write(LEDGER, json.dumps(ledger, indent=1, ensure_ascii=False) + "\n")
-    code = run(args.max_children, args.sections) if args.command == "run" else 0
+    code = run(args.max_children, args.sections, args.chunk) if args.command == "run" else 0
     ledger = update_ledger(load_ledger())
     _write(LEDGER, json.dumps(ledger, indent=1, ensure_ascii=False) + "\n")
     text = summary(ledger)
