@@ -48,6 +48,14 @@ def test_the_model_takes_a_dataloader_batch_of_images(mnist):
         assert model(images).shape == (8, 784)
 
 
+def test_images_without_a_channel_axis_are_taken_as_well(mnist):
+    # (N, 28, 28) is how torchvision's MNIST stores its images (dataset.data)
+    model = ah.Autoencoder((32, 2)).eval()
+    flat = mnist.test_images[:4]
+    with torch.no_grad():
+        assert torch.equal(model(flat.reshape(4, 28, 28)), model(flat))
+
+
 @pytest.mark.parametrize("shape", [(4, 783), (4, 2, 28, 28), (4, 28, 29), (784,)])
 def test_images_of_the_wrong_size_are_refused_with_the_shapes_it_takes(shape):
     with pytest.raises(ValueError, match=r"shaped \(N, 784\) or \(N, 1, 28, 28\); got shape"):
@@ -66,6 +74,18 @@ def test_every_hidden_layer_of_encoder_and_decoder_uses_the_chosen_activation(ac
 def test_bad_layer_sizes(sizes):
     with pytest.raises(ValueError, match="layer_sizes must be a non-empty list of positive integers"):
         ah.RunConfig(layer_sizes=sizes)
+
+
+def test_a_layer_of_one_unit_is_a_valid_size():
+    # a 1-D code is a legitimate bottleneck: "positive" means > 0, not > 1
+    model = ah.Autoencoder((16, 1))
+    assert model.latent_dim == 1 and model(torch.zeros(3, 784)).shape == (3, 784)
+
+
+def test_the_model_refuses_an_unknown_activation_naming_it_and_the_choices():
+    # the model checks on its own, also when built without a RunConfig
+    with pytest.raises(ValueError, match=r"unknown activation 'swish'; choose one of \['leaky_relu', 'relu'"):
+        ah.Autoencoder((16, 2), activation="swish")
 
 
 @pytest.mark.parametrize(
