@@ -1752,11 +1752,16 @@ def steps_run(run: Run, n_images) -> int:
     return run.metrics["epochs_run"] * math.ceil(len(train_idx) / batch_size)
 
 
+def epoch_end_times(run: Run) -> np.ndarray:
+    """Training time (s, evaluation excluded) at the end of each epoch of a run; its epochs take equal time."""
+    per_epoch = run.metrics["train_seconds"] / run.metrics["epochs_run"]
+    return per_epoch * np.arange(1, run.metrics["epochs_run"] + 1)
+
+
 def loss_at_time(run: Run, seconds, split="val") -> float:
     """The ``split`` loss at the last epoch whose training ended within ``seconds`` of training time
-    (evaluation excluded; the epochs of one run take equal time). NaN when not even one epoch did."""
-    per_epoch = run.metrics["train_seconds"] / run.metrics["epochs_run"]
-    epochs = min(int(seconds // per_epoch), run.metrics["epochs_run"])
+    (a run's own ``train_seconds`` includes its last epoch). NaN when not even one epoch did."""
+    epochs = int(np.sum(epoch_end_times(run) <= seconds * (1 + 1e-9)))  # the tolerance: float rounding
     return float(run.history[f"{split}_loss"][epochs - 1]) if epochs else math.nan
 
 

@@ -51,6 +51,8 @@ def test_loss_at_time_is_the_last_epoch_finished_within_the_budget():
     assert ah.loss_at_time(run, 6.0) == 0.7
     assert ah.loss_at_time(run, 100) == 0.5
     assert math.isnan(ah.loss_at_time(run, 1.0))
+    thirds = _run(0.3, [0.9, 0.8, 0.7])  # 0.1 * 3 is 0.30000000000000004 in floats
+    assert ah.loss_at_time(thirds, thirds.metrics["train_seconds"]) == 0.7
 
 
 def test_steps_run_counts_the_partial_last_batch_and_the_whole_split_when_not_cut():
