@@ -1380,7 +1380,7 @@ class LatentNeighbours:
         distances = torch.cdist(codes, self.codes, compute_mode="donot_use_mm_for_euclid_dist")
         return distances.topk(2, largest=False).values[:, 1]
 
-    def __call__(self, x, y, k=5):
+    def __call__(self, x, y, k):
         """Indices and distances of the k codes nearest to (x, y), nearest first."""
         squared = (self.codes - torch.tensor([x, y], dtype=torch.float32)).square().sum(1)
         values, indices = squared.topk(min(k, len(squared)), largest=False)

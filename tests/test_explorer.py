@@ -148,6 +148,37 @@ def test_spacing_is_each_codes_distance_to_its_nearest_other_code(explorer, mode
     np.testing.assert_allclose(explorer.neighbours.spacing.numpy(), distances.min(1), rtol=1e-4, atol=1e-5)
 
 
+def test_remoteness_is_the_nearest_distance_over_the_neighbours_own_spacing():
+    # Spacings 1, 1 and 2; the point (0, 0.25) is 0.25 from its nearest code, about 1.03 from the next.
+    neighbours = ah.LatentNeighbours(np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]]))
+    indices, distances = neighbours(0.0, 0.25, 3)
+    assert indices.tolist() == [0, 1, 2]
+    assert neighbours.remoteness(indices, distances) == pytest.approx(0.25 / (4 / 3))
+    assert neighbours.remoteness(indices[:2], distances[:2]) == pytest.approx(0.25 / 1)
+
+
+def test_neighbours_take_codes_of_any_numeric_type():
+    codes = np.array([[0, 0], [2, 1], [5, 5], [-1, 3]])
+    for given in (codes, codes.astype(np.float64), torch.tensor(codes, dtype=torch.float16)):
+        neighbours = ah.LatentNeighbours(given)
+        assert neighbours.codes.dtype == torch.float32
+        indices, distances = neighbours(1.5, 1.0, 2)
+        assert indices.tolist() == [1, 0]
+        np.testing.assert_allclose(distances, [0.5, np.hypot(1.5, 1.0)], rtol=1e-6)
+
+
+def test_images_outside_0_1_are_clipped_to_black_and_white():
+    pixels = _png_pixels(ah._png_bytes(np.array([[-0.5, 0.0, 0.5, 1.0, 1.5]])))
+    np.testing.assert_allclose(pixels, [[0, 0, 128 / 255, 1, 1]], atol=1e-6)
+
+
+def test_the_plot_widget_has_no_header_or_footer(explorer):
+    # ipympl's header says "Figure 0" and its footer shows the pointer's coordinates: both hidden, the
+    # explorer prints the decoded point's coordinates itself.
+    assert explorer.fig.canvas.header_visible is False
+    assert explorer.fig.canvas.footer_visible is False
+
+
 def test_a_point_on_the_data_is_among_test_digits_and_one_far_away_is_invented(explorer):
     x, y = explorer.neighbours.codes[7].tolist()
     explorer.decode_at(x, y)
