@@ -1335,6 +1335,13 @@ def _png_bytes(pixels) -> bytes:
     return buffer.getvalue()
 
 
+def _png_widget(**size):
+    """An image widget for ``_png_bytes``: its format tells the browser how to read the bytes."""
+    import ipywidgets as widgets
+
+    return widgets.Image(format="png", **size)
+
+
 def _widget_canvas(fig):
     """An ipympl canvas widget for ``fig``, or None when ipympl is not installed.
 
@@ -1416,9 +1423,9 @@ class LatentExplorer:
         images,
         labels,
         data: MNIST | None = None,
-        title="Click or drag to decode",
+        title="Click or drag to decode",  # pragma: no mutate (wording)
         k=5,
-        drag_interval_s=0.04,
+        drag_interval_s=0.04,  # pragma: no mutate (a tuning constant: 25 updates a second)
     ):
         import ipywidgets as widgets
         from matplotlib.figure import Figure
@@ -1428,13 +1435,14 @@ class LatentExplorer:
         codes = encode(model, images)
         self.neighbours = LatentNeighbours(codes)
         self.pixels = as_uint8(pixel_values(images, data)).reshape(-1, IMAGE_SIDE, IMAGE_SIDE).numpy()
-        self.fig = Figure(figsize=(5.6, 4.6), dpi=100)  # fixed: the same layout whatever the notebook's rcParams
+        # Fixed, so the layout is the same whatever the notebook's rcParams.
+        self.fig = Figure(figsize=(5.6, 4.6), dpi=100)  # pragma: no mutate (sizes)
         self.ax = self.fig.add_subplot()
         plot_latent(codes, self.labels, title=title, ax=self.ax)
         canvas = _widget_canvas(self.fig)
-        (self.marker,) = self.ax.plot(
-            [], [], "k+", markersize=16, markeredgewidth=2.5, zorder=5, animated=canvas is not None
-        )  # drawn alone on top (blitting)
+        marker_style = dict(markersize=16, markeredgewidth=2.5, zorder=5)  # pragma: no mutate (looks)
+        (self.marker,) = self.ax.plot([], [], "k+", **marker_style)
+        self.marker.set_animated(canvas is not None)  # blitting: drawn alone over a saved copy of the plot
         self._make_side_widgets(widgets, k)
         self._background, self._dragging, self._skipped, self._last_update = None, False, None, -math.inf
         self.last_point, self.last_image, self.last_neighbours, self.updates = None, None, None, 0
@@ -1442,25 +1450,21 @@ class LatentExplorer:
         self.widget = self._layout(widgets, view)
 
     def _make_side_widgets(self, widgets, k):
-        self.image = widgets.Image(
-            format="png", width=196, height=196, layout=widgets.Layout(border="1px solid #999", object_fit="contain")
-        )
+        self.image = _png_widget(width=196, height=196)  # pragma: no mutate (sizes)
+        self.image.layout = widgets.Layout(border="1px solid #999", object_fit="contain")  # pragma: no mutate (looks)
         self.image.add_class("decoded")
-        self.coords = widgets.HTML("Click or drag in the plot to decode a point.")
+        self.coords = widgets.HTML("Click or drag in the plot to decode a point.")  # pragma: no mutate (wording)
         self.error = widgets.HTML("")
-        self.neighbour_images = [widgets.Image(format="png", width=56, height=56) for _ in range(k)]
+        self.neighbour_images = [_png_widget(width=56, height=56) for _ in range(k)]  # pragma: no mutate (sizes)
         self.neighbour_labels = [widgets.HTML("") for _ in range(k)]
         self.nearest = widgets.HTML("")
 
     def _static_view(self, widgets):
         """Without ipympl: a PNG of the plot (the marker drawn in), and the message that says the fix."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-        FigureCanvasAgg(self.fig)
-        self.static_view = widgets.Image(format="png")
+        self.static_view = _png_widget()
         self._draw_static()
         print(NO_IPYMPL)  # also in the cell's text output, which any viewer shows
-        return widgets.VBox([widgets.HTML(f"<b class='explorer-message'>{NO_IPYMPL}</b>"), self.static_view])
+        return widgets.VBox([widgets.HTML(f"<b>{NO_IPYMPL}</b>"), self.static_view])
 
     def _connect(self, canvas):
         """The interactive canvas: mouse events drive the decoder; a timer catches up a throttled drag."""
@@ -1475,18 +1479,19 @@ class LatentExplorer:
         return canvas
 
     def _layout(self, widgets, view):
+        card = widgets.Layout(align_items="center", width="62px")  # pragma: no mutate (looks)
         cards = [
-            widgets.VBox([image, label], layout=widgets.Layout(align_items="center", width="62px"))
+            widgets.VBox([image, label], layout=card)
             for image, label in zip(self.neighbour_images, self.neighbour_labels)
         ]
         side = widgets.VBox(
             [
-                widgets.HTML("<b>Decoded image</b>"),
+                widgets.HTML("<b>Decoded image</b>"),  # pragma: no mutate (wording)
                 self.image,
                 self.coords,
                 self.error,
-                widgets.HTML(f"<b>The {self.k} nearest test digits</b>"),
-                widgets.HBox(cards, _dom_classes=["neighbours"]),
+                widgets.HTML(f"<b>The {self.k} nearest test digits</b>"),  # pragma: no mutate (wording)
+                widgets.HBox(cards),
                 self.nearest,
             ]
         )
@@ -1516,7 +1521,7 @@ class LatentExplorer:
         remoteness = self.neighbours.remoteness(indices, distances)
         verdict = "no test digit near here: the decoder invents" if remoteness > FAR else "among test digits"
         self.nearest.value = (
-            f"<small class='remoteness'>nearest at {distances[0]:.2f}, {remoteness:.1f}x the spacing "
+            f"<small>nearest at {distances[0]:.2f}, {remoteness:.1f}x the spacing "
             f"between those digits' codes: {verdict}</small>"
         )
         self.last_neighbours = (indices, distances)

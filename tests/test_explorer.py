@@ -4,6 +4,7 @@ import io
 import subprocess
 import sys
 
+import ipywidgets
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -110,11 +111,25 @@ def test_a_drag_that_stops_with_the_button_held_catches_up_on_the_last_point(mod
     _press(ex, *_at(ex, 0.2, 0.3))
     last = _move(ex, *_at(ex, 0.6, 0.3))  # within the interval: skipped for now
     assert ex.updates == 1
-    ex._catch_up()  # what the timer armed by the skipped move calls when the interval is over
+    ex._catch_up_timer._on_timer()  # the timer armed by the skipped move, when the interval is over
     assert ex.updates == 2
     assert ex.last_point == (last.xdata, last.ydata)
-    ex._catch_up()  # nothing left to catch up
+    ex._catch_up_timer._on_timer()  # nothing left to catch up
     assert ex.updates == 2
+
+
+def test_the_catch_up_timer_fires_once_just_after_the_throttle_interval(explorer, model, mnist):
+    ex = ah.LatentExplorer(model, mnist.test_images[:N_IMAGES], mnist.test_labels[:N_IMAGES], mnist)
+    timer = ex._catch_up_timer
+    assert timer.single_shot is True
+    # Not sooner (the skipped point would be throttled again), not much later (the pointer has stopped).
+    assert 1000 * ex.drag_interval_s < timer.interval <= 2 * 1000 * ex.drag_interval_s
+
+
+def test_a_drag_that_enters_the_plot_from_outside_decodes_nothing(explorer):
+    _move(explorer, *_at(explorer, 0.5, 0.5))  # the button went down outside the plot
+    _release(explorer, *_at(explorer, 0.6, 0.5))
+    assert explorer.updates == 0
 
 
 def test_moving_without_the_button_held_decodes_nothing(explorer):
@@ -179,6 +194,48 @@ def test_the_plot_widget_has_no_header_or_footer(explorer):
     assert explorer.fig.canvas.footer_visible is False
 
 
+def test_before_any_click_only_the_instruction_is_shown(explorer):
+    assert explorer.image.value == b""
+    assert "Click or drag" in explorer.coords.value
+    assert [explorer.error.value, explorer.nearest.value] == ["", ""]
+    assert [label.value for label in explorer.neighbour_labels] == [""] * explorer.k
+    assert [image.value for image in explorer.neighbour_images] == [b""] * explorer.k
+
+
+def _images(widget):
+    children = getattr(widget, "children", ())
+    return [widget] if isinstance(widget, ipywidgets.Image) else [i for c in children for i in _images(c)]
+
+
+def test_the_widget_has_the_classes_the_browser_test_finds(explorer):
+    explorer.decode_at(0.0, 0.0)  # tests/test_browser.py: .latent-explorer img.decoded, .coords, .neighbour
+    assert "latent-explorer" in explorer.widget._dom_classes
+    assert "decoded" in explorer.image._dom_classes
+    assert explorer.coords.value.startswith("<span class='coords'>")
+    assert all(label.value.startswith("<span class='neighbour'>") for label in explorer.neighbour_labels)
+
+
+def test_every_image_widget_holds_png_and_says_so(explorer, model, mnist, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ipympl.backend_nbagg", None)  # the static view too
+    static = ah.LatentExplorer(model, mnist.test_images[:N_IMAGES], mnist.test_labels[:N_IMAGES], mnist)
+    for ex in (explorer, static):
+        ex.decode_at(0.0, 0.0)
+        images = _images(ex.widget)
+        assert len(images) == 1 + ex.k + (ex is static)  # decoded, neighbours, the static plot
+        for image in images:
+            assert image.format == "png"  # the browser reads the bytes by this
+            assert bytes(image.value).startswith(b"\x89PNG")
+
+
+def test_the_layout_does_not_follow_the_notebooks_rcparams(model, mnist):
+    sizes = []
+    for figsize, dpi in (((4, 3), 72), ((12, 9), 150)):
+        with plt.rc_context({"figure.figsize": figsize, "figure.dpi": dpi}):
+            ex = ah.LatentExplorer(model, mnist.test_images[:100], mnist.test_labels[:100], mnist)
+        sizes.append((tuple(ex.fig.get_size_inches()), ex.fig.dpi))
+    assert sizes[0] == sizes[1]
+
+
 def test_a_point_on_the_data_is_among_test_digits_and_one_far_away_is_invented(explorer):
     x, y = explorer.neighbours.codes[7].tolist()
     explorer.decode_at(x, y)
@@ -202,6 +259,10 @@ def test_errors_in_the_handler_are_shown_not_swallowed(explorer, monkeypatch):
     _press(explorer, *_at(explorer, 0.5, 0.5))
     assert "RuntimeError: decoder exploded" in explorer.error.value
     assert explorer.last_point is None
+    monkeypatch.undo()  # the decoder works again: the next click clears the message
+    _press(explorer, *_at(explorer, 0.5, 0.5))
+    assert explorer.error.value == ""
+    assert explorer.last_point is not None
 
 
 def test_pyplot_does_not_own_the_figure_so_closing_all_figures_keeps_the_canvas(explorer):
@@ -227,6 +288,7 @@ def test_building_an_explorer_leaves_pyplots_backend_as_it_was():
 
 
 def test_a_drag_redraws_only_the_marker(explorer, monkeypatch):
+    assert explorer.marker.get_animated()  # else a full draw would put it into the saved background
     explorer.fig.canvas.draw()
     full_draws = []
     monkeypatch.setattr(explorer.fig.canvas, "draw", lambda *a, **k: full_draws.append(1))
@@ -236,9 +298,11 @@ def test_a_drag_redraws_only_the_marker(explorer, monkeypatch):
     assert full_draws == []
 
 
-def test_without_ipympl_the_explorer_is_static_and_says_the_fix(model, mnist, monkeypatch):
+def test_without_ipympl_the_explorer_is_static_and_says_the_fix(model, mnist, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ipympl.backend_nbagg", None)  # import fails as if not installed
     ex = ah.LatentExplorer(model, mnist.test_images[:N_IMAGES], mnist.test_labels[:N_IMAGES], mnist)
+    assert ah.NO_IPYMPL in capsys.readouterr().out  # also in the cell's text output, which any viewer shows
+    assert not ex.marker.get_animated()  # drawn into the static plot with the rest
     message = ex.widget.children[0].children[0].value
     assert "no `ipympl`" in message
     assert "pip install ipympl==0.10.0" in message
@@ -257,6 +321,7 @@ def test_explore_loads_the_run_and_the_data_it_was_trained_on():
         ex.pixels[:20], (raw.test_images[:20] * 255).round().to(torch.uint8).reshape(-1, 28, 28).numpy()
     )
     assert len(ex.labels) == 10000
+    assert ex.ax.get_title() == "default_layers/adam_lr5e-4: click or drag"
     x, y = _at(ex, 0.4, 0.6)
     with torch.no_grad():
         out = ex.model.decode(torch.tensor([[x, y]], dtype=torch.float32))[0] * raw.pixel_std + raw.pixel_mean

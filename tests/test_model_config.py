@@ -100,7 +100,24 @@ def test_the_model_refuses_an_unknown_activation_naming_it_and_the_choices():
         ("lr", float("nan"), "lr must be a positive number"),
         ("batch_size", 0, "batch_size must be a positive integer"),
         ("batch_size", 12.5, "batch_size must be a positive integer"),
+        ("lr", float("inf"), "lr must be a positive number"),
+        ("lr", True, "lr must be a positive number"),
+        ("lr", "0.1", "lr must be a positive number"),
+        ("batch_size", True, "batch_size must be a positive integer"),
+        ("track_every", 0, "track_every must be a positive integer"),
+        ("input_dim", -784, "input_dim must be a positive integer"),
         ("epochs", -1, "epochs must be an integer >= 0"),
+        ("epochs", 2.5, "epochs must be an integer >= 0"),
+        ("seed", True, "seed must be an integer >= 0"),
+        ("val_size", -1, "val_size must be an integer >= 0"),
+        ("train_subset", "all", "train_subset must be an integer >= 0"),
+        ("weight_decay", -1e-4, "weight_decay and momentum must be >= 0"),
+        ("momentum", -0.9, "weight_decay and momentum must be >= 0"),
+        ("ema", True, r"ema must be a decay in \[0, 1\)"),
+        ("ema", "0.999", r"ema must be a decay in \[0, 1\)"),
+        ("noise", True, "noise must be a standard deviation >= 0"),
+        ("noise", "0.5", "noise must be a standard deviation >= 0"),
+        ("noise", float("inf"), "noise must be a standard deviation >= 0"),
         ("ema", 1.0, r"ema must be a decay in \[0, 1\)"),
         ("ema", -0.5, r"ema must be a decay in \[0, 1\)"),
         ("noise", -0.1, "noise must be a standard deviation >= 0"),
@@ -110,6 +127,13 @@ def test_the_model_refuses_an_unknown_activation_naming_it_and_the_choices():
 def test_bad_config_values_name_the_field_and_choices(field, value, words):
     with pytest.raises(ValueError, match=words):
         ah.RunConfig(**{field: value})
+
+
+def test_the_edges_of_each_valid_range_are_accepted():
+    # ">= 0" means 0 is valid, "[0, 1)" takes 0 and 0.9999, "positive" takes the smallest such value.
+    edges = dict(epochs=0, seed=0, val_size=0, train_subset=0, weight_decay=0, momentum=0, ema=0, noise=0)
+    assert ah.RunConfig(**edges).to_dict().items() >= edges.items()
+    assert ah.RunConfig(ema=0.9999, noise=1e9, lr=1e-12, batch_size=1, track_every=1, input_dim=1).ema == 0.9999
 
 
 def test_config_round_trips_through_json_dict():

@@ -87,15 +87,17 @@ def update_ledger(ledger) -> dict:
 
 
 def run(max_children, only=(), chunk=4) -> int:
-    """mutmut on the core functions not finished yet (by the committed ledger), ``chunk`` functions of a
-    section at a time; after each chunk that mutmut finishes, its results go into the ledger, so a run cut
-    off by the end of a session loses at most one chunk. Returns the first failing exit code."""
+    """mutmut on the core functions not finished yet (by the committed ledger), section by section (in the
+    order of ``only`` when given), ``chunk`` functions of a section at a time; after each chunk that mutmut
+    finishes, its results go into the ledger, so a run cut off by the end of a session loses at most one chunk.
+    Returns the first failing exit code."""
     done = load_ledger()["done"]
     todo = {}
     for function, (section, digest) in core_functions().items():
         if (not only or section in only) and done.get(function) != digest:
             todo.setdefault(section, []).append(function)
-    for section, functions in todo.items():
+    order = list(only) or [section for section, _ in core_functions().values()]
+    for section, functions in sorted(todo.items(), key=lambda item: order.index(item[0])):
         print(f"--- {section}: {len(functions)} functions", flush=True)
         for start in range(0, len(functions), chunk):
             part = functions[start : start + chunk]
@@ -197,7 +199,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("run", "summary"))
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (one per core)")
-    parser.add_argument("--sections", nargs="+", default=(), metavar="SECTION", help="run only these sections")
+    parser.add_argument(
+        "--sections", nargs="+", default=(), metavar="SECTION", help="run only these sections, in this order"
+    )
     parser.add_argument(
         "--chunk", type=int, default=4, help="functions per mutmut call; each finished call is kept in the ledger"
     )
@@ -210,6 +214,9 @@ def main(argv=None) -> int:
         "adding a test that should kill a survivor",
     )
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.sections) - {section for sections in CORE.values() for section in sections})
+    if unknown:
+        parser.error(f"unknown section(s) {unknown}; the core sections are {[s for v in CORE.values() for s in v]}")
     OUT.mkdir(exist_ok=True)
     if args.again:
         ledger = load_ledger()
