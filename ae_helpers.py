@@ -991,15 +991,19 @@ def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k=5, chunk=
 
 
 def silhouette_score(codes, labels, chunk=1000) -> float:
-    """Mean silhouette coefficient of ``codes`` grouped by ``labels`` (Euclidean), in [-1, 1]."""
+    """Mean silhouette coefficient of ``codes`` grouped by ``labels`` (Euclidean), in [-1, 1].
+
+    Digits absent from ``labels`` are no one's nearest other cluster; a digit with one code scores 1."""
     onehot = F.one_hot(labels, 10).float()
     counts = onehot.sum(0)
+    if (counts > 0).sum() < 2:
+        raise ValueError(f"a silhouette needs the codes of at least 2 digits; got digits {labels.unique().tolist()}.")
     scores = []
     for i in range(0, len(codes), chunk):
         sums = torch.cdist(codes[i : i + chunk], codes) @ onehot  # (chunk, 10) summed distances
         own = labels[i : i + chunk]
         a = sums.gather(1, own[:, None])[:, 0] / (counts[own] - 1).clamp(min=1)
-        means = sums / counts
+        means = (sums / counts).masked_fill(counts == 0, math.inf)  # an absent digit is no one's neighbour
         means.scatter_(1, own[:, None], math.inf)
         b = means.min(1).values
         scores.append((b - a) / torch.maximum(a, b))

@@ -27,6 +27,51 @@ def test_silhouette_matches_brute_force():
     )
 
 
+def test_silhouette_with_missing_digits_and_clusters_of_one_and_two_codes():
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.tensor([3] + [5] * 2 + [7] * 3 + [8] * 40)  # digits 0-2, 4, 6, 9 absent
+    codes = torch.randn(len(labels), 2, generator=gen) + labels[:, None].float()
+    assert ah.silhouette_score(codes, labels, chunk=7) == pytest.approx(
+        _brute_silhouette(codes.double().numpy(), labels.numpy()), abs=1e-5
+    )
+
+
+def test_a_silhouette_of_one_digit_is_refused():
+    with pytest.raises(ValueError, match="at least 2 digits; got digits \\[4\\]"):
+        ah.silhouette_score(torch.randn(20, 2), torch.full((20,), 4))
+
+
+def _brute_knn(train, train_labels, test, k):
+    """Each test code's vote among its k nearest training codes; a tie goes to the nearest one's digit."""
+    predicted = []
+    for code in test:
+        order = np.argsort(np.linalg.norm(train - code, axis=1), kind="stable")[:k]
+        votes = np.bincount(train_labels[order], minlength=10)
+        tied = np.flatnonzero(votes == votes.max())
+        nearest = train_labels[order[0]]
+        predicted.append(nearest if nearest in tied else tied[0])
+    return np.array(predicted)
+
+
+@pytest.mark.parametrize("k", [1, 4, 5])
+def test_knn_accuracy_matches_a_brute_force_vote_with_ties(k):
+    gen = torch.Generator().manual_seed(k)
+    train_labels = torch.randint(0, 4, (120,), generator=gen)  # few digits, many ties at k = 4
+    train = torch.randn(120, 2, generator=gen) + train_labels[:, None].float()
+    test_labels = torch.randint(0, 4, (90,), generator=gen)
+    test = torch.randn(90, 2, generator=gen) + test_labels[:, None].float()
+    predicted = _brute_knn(train.numpy(), train_labels.numpy(), test.numpy(), k)
+    expected = float((predicted == test_labels.numpy()).mean())
+    assert ah.knn_accuracy(train, train_labels, test, test_labels, k=k, chunk=37) == pytest.approx(expected)
+
+
+def test_knn_ties_go_to_the_nearest_codes_digit():
+    train = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0], [9.0, 0.0]])
+    test = torch.zeros(1, 2)
+    for labels, winner in (([7, 3, 3, 7, 1], 7), ([3, 7, 7, 3, 1], 3)):  # 2 votes each among the 4 nearest
+        assert ah.knn_accuracy(train, torch.tensor(labels), test, torch.tensor([winner]), k=4) == 1.0
+
+
 def test_knn_accuracy_separated_and_random():
     labels = torch.arange(10).repeat(50)
     centres = torch.randn(10, 2) * 100

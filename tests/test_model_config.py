@@ -152,6 +152,18 @@ def test_devices():
             ah.resolve_device("cuda")
 
 
+MPS_AVAILABLE = ah._mps_available  # the real one: conftest replaces it in every test ("auto" means the CPU)
+
+
+def test_apple_mps_is_asked_of_torch_and_an_old_torch_without_it_means_none(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert MPS_AVAILABLE() is True
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert MPS_AVAILABLE() is False
+    monkeypatch.delattr(torch.backends, "mps")
+    assert MPS_AVAILABLE() is False
+
+
 def test_an_unknown_optimizer_is_refused_not_replaced():
     config = ah.RunConfig()
     config.optimizer = "lbfgs"  # set after validation: make_optimizer must still refuse it

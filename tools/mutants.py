@@ -66,9 +66,13 @@ def load_ledger() -> dict:
     return json.loads(LEDGER.read_text()) if LEDGER.is_file() else {"mutants": {}, "done": {}}
 
 
-def update_ledger(ledger) -> dict:
-    """Add the last run's results (mutants/) to the ledger; forget functions whose source changed since."""
+def update_ledger(ledger, tested=None) -> dict:
+    """Add the last run's results (mutants/) to the ledger; forget functions whose source changed since.
+
+    ``tested``: {function: (section, source hash)} when mutmut copied the source; a function edited while
+    its mutants ran is recorded with the hash of what was tested, so the next run tests it again."""
     functions = core_functions()
+    tested = tested or functions
     ran = set(json.loads(RUNNING.read_text())) if RUNNING.is_file() else set()
     by_function = {}
     for mutant, code in results().items():
@@ -77,7 +81,7 @@ def update_ledger(ledger) -> dict:
         if function in functions and function in ran and any(code is not None for code in codes.values()):
             ledger["mutants"].update({m: c for m, c in codes.items() if c is not None})
             if all(code is not None for code in codes.values()):
-                ledger["done"][function] = functions[function][1]
+                ledger["done"][function] = tested.get(function, functions[function])[1]
     current = {f for f, (_, digest) in functions.items() if ledger["done"].get(f, digest) == digest}
     ledger["done"] = {f: h for f, h in ledger["done"].items() if f in current}
     ledger["mutants"] = dict(
@@ -103,12 +107,13 @@ def run(max_children, only=(), chunk=4) -> int:
             part = functions[start : start + chunk]
             print(f"--- {section}: {', '.join(part)}", flush=True)
             RUNNING.unlink(missing_ok=True)
+            tested = core_functions()  # the source mutmut copies now
             command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
             code = subprocess.run(command + [f"{f}__mutmut_*" for f in part], cwd=ROOT).returncode
             if code:
                 return code  # interrupted or failed: mutants/ may hold older results for these functions
             _write(RUNNING, json.dumps(part))  # only these functions' results in mutants/ are from this run
-            _write(LEDGER, json.dumps(update_ledger(load_ledger()), indent=1, ensure_ascii=False) + "\n")
+            _write(LEDGER, json.dumps(update_ledger(load_ledger(), tested), indent=1, ensure_ascii=False) + "\n")
     if not todo:
         print("every core function is tested (mutation/results.json); nothing to run")
     return 0
