@@ -160,7 +160,7 @@ def summary(ledger) -> str:
     for section in sorted(counts):
         total += counts[section]
         lines.append(_row(section, counts[section]))
-    lines += [_row("**all core**", total), "", "## Survivors", ""]
+    lines += [_row("**all core**", total), "", *_not_mutated(), "", "## Survivors", ""]
     lines += [f"- `{m}` ({section}): {explained.get(m, 'not explained yet')}" for section, m in survivors]
     return "\n".join(lines) + "\n"
 
@@ -176,6 +176,25 @@ SUMMARY_HEAD = [
     "mutation/results.json until the function's source changes.",
     "",
 ]
+
+
+def _not_mutated() -> list:
+    """The lines marked `# pragma: no mutate (reason)`: presentation that no fast test can judge."""
+    marked = [
+        (path, number, line.split("no mutate", 1)[1].strip(" ()"))
+        for path in CORE
+        for number, line in enumerate((ROOT / path).read_text().splitlines(), 1)
+        if "# pragma: no mutate" in line
+    ]
+    reasons = Counter(reason.split(":")[0] for _, _, reason in marked)
+    return [
+        f"Not mutated: {len(marked)} lines marked `# pragma: no mutate` ("
+        + ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
+        + "), what no fast test can judge: how the explorer looks and reads (the browser test and its screenshot "
+        "show it) and its drag interval (a tuning constant). Lines: "
+        + "; ".join(f"{path}:{number}" for path, number, _ in marked)
+        + "."
+    ]
 
 
 def _row(section, counter) -> str:
