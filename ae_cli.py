@@ -176,9 +176,9 @@ def write_summaries(root=ah.PROJECT_ROOT, data: ah.MNIST | None = None) -> None:
             writer = csv.DictWriter(buffer, SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
-            ah._atomic_text(root / group / "summary.csv", buffer.getvalue())
+            ah.write_text(root / group / "summary.csv", buffer.getvalue())
         table = ah.markdown_table(SUMMARY_COLUMNS, [[row.get(c, "") for c in SUMMARY_COLUMNS] for row in rows])
-        ah._atomic_text(root / group / "summary.md", f"# {group}: results\n\n{SUMMARY_HEADER}\n\n{table}\n")
+        ah.write_text(root / group / "summary.md", f"# {group}: results\n\n{SUMMARY_HEADER}\n\n{table}\n")
 
 
 def _summary_rows(root, group) -> list:

@@ -786,7 +786,8 @@ def _atomic(path, write):
             tmp.unlink()
 
 
-def _atomic_text(path, text):
+def write_text(path, text) -> None:
+    """Write ``text`` to ``path`` atomically: a reader sees the old file or the new one, never half of it."""
     _atomic(path, lambda tmp: tmp.write_text(text))
 
 
@@ -796,7 +797,7 @@ def _atomic_torch(path, obj):
 
 def write_json(path, obj, **options) -> None:
     """Write ``obj`` as indented JSON, atomically (``options`` go to json.dumps)."""
-    _atomic_text(path, json.dumps(obj, indent=2, **options) + "\n")
+    write_text(path, json.dumps(obj, indent=2, **options) + "\n")
 
 
 def save_run(run: Run) -> None:
@@ -807,7 +808,7 @@ def save_run(run: Run) -> None:
     rows = [",".join(HISTORY_COLUMNS)]
     for values in zip(*(run.history[k] for k in HISTORY_COLUMNS)):
         rows.append(",".join(str(v) for v in values))
-    _atomic_text(d / "history.csv", "\n".join(rows) + "\n")
+    write_text(d / "history.csv", "\n".join(rows) + "\n")
     if run.model is not None:
         _atomic_torch(d / "model.pt", {k: v.cpu() for k, v in run.model.state_dict().items()})
     if run.tracking is not None:

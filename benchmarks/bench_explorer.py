@@ -68,7 +68,7 @@ def main():
         f"({len(ms)} updates, {result['machine']['processor']}, {result['machine']['threads']} threads)"
     )
     out = ROOT / "benchmarks" / "explorer.json"
-    ah._atomic_text(out, json.dumps(result, indent=2) + "\n")
+    ah.write_text(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")
 
 

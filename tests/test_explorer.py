@@ -236,6 +236,15 @@ def test_the_layout_does_not_follow_the_notebooks_rcparams(model, mnist):
     assert sizes[0] == sizes[1]
 
 
+def test_the_static_view_is_a_png_of_the_figure_whatever_savefigs_rcparams(model, mnist, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ipympl.backend_nbagg", None)
+    with plt.rc_context({"savefig.format": "svg", "savefig.dpi": 30}):
+        ex = ah.LatentExplorer(model, mnist.test_images[:100], mnist.test_labels[:100], mnist)
+        ex.decode_at(0.0, 0.0)
+    pixels = _png_pixels(bytes(ex.static_view.value))
+    assert pixels.shape[:2] == tuple(round(v * ex.fig.dpi) for v in ex.fig.get_size_inches()[::-1])
+
+
 def test_a_point_on_the_data_is_among_test_digits_and_one_far_away_is_invented(explorer):
     x, y = explorer.neighbours.codes[7].tolist()
     explorer.decode_at(x, y)
@@ -249,6 +258,18 @@ def test_clicks_outside_the_axes_change_nothing(explorer):
     before = (explorer.image.value, explorer.coords.value, explorer.last_point)
     _press(explorer, 2, 2, in_data=False)  # the figure's bottom-left corner, outside the axes
     assert (explorer.image.value, explorer.coords.value, explorer.last_point) == before
+
+
+def test_while_pan_or_zoom_is_on_the_mouse_moves_the_view_and_decodes_nothing(explorer):
+    toolbar = explorer.fig.canvas.toolbar
+    for tool in (toolbar.pan, toolbar.zoom):
+        tool()  # on
+        _press(explorer, *_at(explorer, 0.5, 0.5))
+        _release(explorer, *_at(explorer, 0.6, 0.5))
+        assert explorer.updates == 0
+        tool()  # off
+    _press(explorer, *_at(explorer, 0.5, 0.5))
+    assert explorer.updates == 1
 
 
 def test_errors_in_the_handler_are_shown_not_swallowed(explorer, monkeypatch):
