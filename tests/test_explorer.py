@@ -172,6 +172,18 @@ def test_remoteness_is_the_nearest_distance_over_the_neighbours_own_spacing():
     assert neighbours.remoteness(indices[:2], distances[:2]) == pytest.approx(0.25 / 1)
 
 
+def test_a_point_exactly_at_the_far_limit_is_still_among_the_digits(explorer):
+    # Five codes one apart on a line: the point 3 before the first is 3.0x the spacing, the limit itself.
+    explorer.neighbours = ah.LatentNeighbours(np.array([[float(i), 0.0] for i in range(5)]))
+    for x, verdict in ((-3.0, "among test digits"), (-3.01, "no test digit near here: the decoder invents")):
+        explorer.decode_at(x, 0.0)
+        nearest = -x
+        assert explorer.nearest.value == (
+            f"<small>nearest at {nearest:.2f}, {nearest:.1f}x the spacing between those digits' codes: "
+            f"{verdict}</small>"
+        )
+
+
 def test_neighbours_take_codes_of_any_numeric_type():
     codes = np.array([[0, 0], [2, 1], [5, 5], [-1, 3]])
     for given in (codes, codes.astype(np.float64), torch.tensor(codes, dtype=torch.float16)):

@@ -66,6 +66,11 @@ def load_ledger() -> dict:
     return json.loads(LEDGER.read_text()) if LEDGER.is_file() else {"mutants": {}, "done": {}}
 
 
+def _function(mutant) -> str:
+    """mutmut's name of the function a mutant changes."""
+    return mutant.rsplit("__mutmut_", 1)[0]
+
+
 def update_ledger(ledger, tested=None) -> dict:
     """Add the last run's results (mutants/) to the ledger; forget functions whose source changed since.
 
@@ -74,19 +79,20 @@ def update_ledger(ledger, tested=None) -> dict:
     functions = core_functions()
     tested = tested or functions
     ran = set(json.loads(RUNNING.read_text())) if RUNNING.is_file() else set()
-    by_function = {}
-    for mutant, code in results().items():
-        by_function.setdefault(mutant.rsplit("__mutmut_", 1)[0], {})[mutant] = code
+    by_function, made = {}, results()
+    if made:  # mutmut's files list every mutant of the source it last copied: any other name is gone
+        ledger["mutants"] = {m: c for m, c in ledger["mutants"].items() if m in made}
+    for mutant, code in made.items():
+        by_function.setdefault(_function(mutant), {})[mutant] = code
     for function, codes in by_function.items():
         if function in functions and function in ran and any(code is not None for code in codes.values()):
-            ledger["mutants"].update({m: c for m, c in codes.items() if c is not None})
-            if all(code is not None for code in codes.values()):
+            if all(code is not None for code in codes.values()):  # the function's mutants now, renumbered or not
+                ledger["mutants"] = {m: c for m, c in ledger["mutants"].items() if _function(m) != function}
                 ledger["done"][function] = tested.get(function, functions[function])[1]
+            ledger["mutants"].update({m: c for m, c in codes.items() if c is not None})
     current = {f for f, (_, digest) in functions.items() if ledger["done"].get(f, digest) == digest}
     ledger["done"] = {f: h for f, h in ledger["done"].items() if f in current}
-    ledger["mutants"] = dict(
-        sorted((m, c) for m, c in ledger["mutants"].items() if m.rsplit("__mutmut_", 1)[0] in current)
-    )
+    ledger["mutants"] = dict(sorted((m, c) for m, c in ledger["mutants"].items() if _function(m) in current))
     return ledger
 
 
@@ -147,7 +153,7 @@ def summary(ledger) -> str:
         counts[section]["finished"] += ledger["done"].get(function) == digest
     survivors = []
     for mutant, code in ledger["mutants"].items():
-        section = functions[mutant.rsplit("__mutmut_", 1)[0]][0]
+        section = functions[_function(mutant)][0]
         counts[section][status(code)] += 1
         if status(code) == "survived":
             survivors.append((section, mutant))
