@@ -130,6 +130,10 @@ def test_a_drag_that_enters_the_plot_from_outside_decodes_nothing(explorer):
     _move(explorer, *_at(explorer, 0.5, 0.5))  # the button went down outside the plot
     _release(explorer, *_at(explorer, 0.6, 0.5))
     assert explorer.updates == 0
+    _press(explorer, *_at(explorer, 0.5, 0.5))  # a click in the plot ...
+    _release(explorer, *_at(explorer, 0.5, 0.5))
+    _move(explorer, *_at(explorer, 0.7, 0.5))  # ... then a drag from outside: only the click decoded
+    assert explorer.updates == 1
 
 
 def test_moving_without_the_button_held_decodes_nothing(explorer):
@@ -346,8 +350,17 @@ def test_without_ipympl_the_explorer_is_static_and_says_the_fix(model, mnist, mo
     assert ex.static_view.value != before  # the marker is drawn into the static plot
 
 
-def test_explore_loads_the_run_and_the_data_it_was_trained_on():
-    ex = ah.explore(ROOT / "default_layers/adam_lr5e-4")
+def test_explore_takes_given_data_and_options_and_needs_the_runs_weights(mnist):
+    ex = ah.explore(ROOT / "default_layers/adam_lr5e-4", data=mnist, k=3)
+    assert ex.data is mnist
+    assert len(ex.neighbour_images) == ex.k == 3
+    with pytest.raises(FileNotFoundError, match="adam_lr1e-3/model.pt is missing"):
+        ah.explore(ROOT / "default_layers/adam_lr1e-3", data=mnist)  # its weights are not committed
+
+
+def test_explore_loads_the_run_and_the_data_it_was_trained_on(monkeypatch):
+    monkeypatch.chdir(ROOT)  # where the notebook runs; the default run is the one its cell names
+    ex = ah.explore()
     raw = ah.load_mnist(ROOT / "data", normalize=False)
     assert ex.data.std == pytest.approx(0.3081, abs=1e-4)  # the run was trained on normalized images
     assert np.array_equal(
