@@ -1,0 +1,151 @@
+"""The experiment runner's parts (ae_cli.py), each without training: which runs it picks, how it shares the
+CPU, what it launches and what it summarizes. tests/test_cli.py runs them for real through the command line."""
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+
+import pytest
+
+import ae_cli
+import ae_helpers as ah
+from support import ROOT
+
+FINISHED = ("default_layers/adam_lr5e-4", "mynet/adam_lr5e-4")  # committed runs
+
+
+def _copy_finished(root, names=FINISHED):
+    """The files that make a run finished (no weights, no figures)."""
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for file in ("config.json", "metrics.json", "history.csv"):
+            shutil.copy(ROOT / name / file, root / name / file)
+
+
+@pytest.mark.parametrize("only", [None, []])
+def test_no_choice_means_every_run(only):
+    assert ae_cli.check_experiments(only, 1) == list(ah.EXPERIMENTS)
+
+
+@pytest.mark.parametrize("jobs", [0, -1, 1.5, True, "2"])
+def test_jobs_must_be_a_whole_number_from_1(jobs):
+    with pytest.raises(ValueError, match=f"jobs must be an integer >= 1, got {jobs!r}"):
+        ae_cli.check_experiments(None, jobs)
+
+
+def test_unknown_runs_are_named_with_the_choices():
+    with pytest.raises(ValueError, match=r"unknown run\(s\) \['mynet/nope'\]; choose from: default_layers/"):
+        ae_cli.check_experiments(["mynet/adam_lr5e-4", "mynet/nope"], 1)
+
+
+def _recorder(codes=None):
+    calls = []
+
+    def launch(name, root, data_root, threads, force, device):
+        calls.append((name, root, data_root, threads, force, device))
+        return (codes or {}).get(name, 0)
+
+    return calls, launch
+
+
+def test_parallel_runs_start_longest_first_with_an_equal_share_of_threads(monkeypatch, capsys):
+    monkeypatch.setattr(ae_cli.os, "cpu_count", lambda: 8)
+    names = [
+        "default_layers/adam_lr1e-3",
+        "mynet/adam_lr5e-4",
+        "mynet/adam_lr5e-4_cosine60",
+        "default_layers/adam_lr5e-4",
+    ]
+    calls, launch = _recorder()
+    ae_cli._train_in_parallel(names, "R", "D", 1, True, "cpu", progress=False, launch=launch)  # one at a time
+    work = {n: ah.EXPERIMENTS[n].epochs * sum(ah.EXPERIMENTS[n].layer_sizes) for n in names}
+    assert [call[0] for call in calls] == sorted(names, key=work.get, reverse=True)
+    assert {call[1:] for call in calls} == {("R", "D", 8, True, "cpu")}  # 8 threads / 1 job
+    assert capsys.readouterr().out.splitlines() == [f"{call[0]}: finished" for call in calls]
+    for jobs, threads in ((3, 2), (16, 1)):  # 8 // 3 = 2; at least one each
+        calls, launch = _recorder()
+        ae_cli._train_in_parallel(names, "R", "D", jobs, False, "cpu", progress=False, launch=launch)
+        assert {call[3] for call in calls} == {threads}
+
+
+def test_a_failed_worker_is_named_after_every_run_has_had_its_turn(capsys):
+    names = ["mynet/adam_lr5e-4", "default_layers/adam_lr1e-3"]
+    calls, launch = _recorder({"default_layers/adam_lr1e-3": 1})
+    with pytest.raises(ae_cli.ExperimentError, match=r"training failed for \['default_layers/adam_lr1e-3'\]; see"):
+        ae_cli._train_in_parallel(names, "R", "D", 2, False, "cpu", progress=False, launch=launch)
+    assert len(calls) == 2
+    assert "default_layers/adam_lr1e-3: failed" in capsys.readouterr().out
+
+
+def test_a_worker_is_this_command_line_with_its_thread_share_and_a_log(tmp_path, monkeypatch):
+    seen = {}
+
+    def run(command, env, stdout, stderr):
+        seen.update(command=command, env=env, log=stdout.name, stderr=stderr)
+        return subprocess.CompletedProcess(command, 3)
+
+    monkeypatch.setattr(ae_cli.subprocess, "run", run)
+    name = "mynet/adam_lr5e-4"
+    assert ae_cli._launch_worker(name, tmp_path, "D", 3, True, "cpu") == 3  # the worker's exit code
+    assert seen["command"][1:] == [
+        *(str(ROOT / "ae_cli.py"), "experiments", "--only", name, "--results", str(tmp_path)),
+        *("--data", "D", "--device", "cpu", "--force"),
+    ]
+    assert (seen["env"]["OMP_NUM_THREADS"], seen["env"]["MKL_NUM_THREADS"]) == ("3", "3")
+    assert seen["log"] == str(tmp_path / name / "train.log") and seen["stderr"] == subprocess.STDOUT
+    ae_cli._launch_worker(name, tmp_path, "D", 1, False, "cpu")
+    assert "--force" not in seen["command"]
+
+
+def test_the_parallel_runner_trains_only_unfinished_runs_unless_forced(tmp_path, monkeypatch, capsys):
+    _copy_finished(tmp_path)
+    (tmp_path / "data").symlink_to(ROOT / "data")  # the data's default place: RESULTS/data
+    launched = []
+    monkeypatch.setattr(
+        ae_cli,
+        "_train_in_parallel",
+        lambda names, root, data_root, *rest: launched.append((names, root, data_root, rest)),
+    )
+    monkeypatch.setattr(ae_cli, "write_summaries", lambda root, data: None)
+    names = [*FINISHED, "default_layers/adam_lr1e-3"]
+    ae_cli.run_experiments(names, root=tmp_path, jobs=2, device="cpu", progress=False)
+    assert launched[-1] == (["default_layers/adam_lr1e-3"], tmp_path, tmp_path / "data", (2, False, "cpu", False))
+    assert capsys.readouterr().out.splitlines() == [f"{name}: finished, skipped" for name in FINISHED]
+    ae_cli.run_experiments(names, root=tmp_path, jobs=2, force=True, progress=False)
+    assert launched[-1][0] == names
+
+
+def test_redraw_with_several_jobs_redraws_in_this_process(tmp_path, monkeypatch):
+    _copy_finished(tmp_path, FINISHED[:1])
+    redrawn = []
+    monkeypatch.setattr(ae_cli, "_train_in_parallel", lambda *args: pytest.fail("a redraw trains nothing"))
+    monkeypatch.setattr(ae_cli, "_redraw", lambda run_dir, data: redrawn.append(run_dir))
+    monkeypatch.setattr(ae_cli, "write_summaries", lambda root, data: None)
+    ae_cli.run_experiments(FINISHED[:1], root=tmp_path, data_root=ROOT / "data", jobs=2, redraw=True)
+    assert redrawn == [tmp_path / FINISHED[0]]
+
+
+def test_summaries_list_each_finished_run_with_its_metrics_and_the_pca_baseline(tmp_path, mnist, monkeypatch):
+    _copy_finished(tmp_path, FINISHED[:1])
+    pca = {"test_mse": 0.5, "knn5_accuracy": 0.4}
+    monkeypatch.setattr(ah, "pca_baseline", lambda data: pca)
+    ae_cli.write_summaries(tmp_path)  # without data: no baseline row
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "default_layers/summary.csv").read_text())))
+    metrics = json.loads((ROOT / FINISHED[0] / "metrics.json").read_text())
+    assert [row["run"] for row in rows] == ["adam_lr5e-4"]
+    assert rows[0].keys() == set(ae_cli.SUMMARY_COLUMNS)
+    assert rows[0]["epochs"] == str(metrics["epochs_run"])
+    assert all(rows[0][c] == str(metrics[c]) for c in ae_cli.SUMMARY_COLUMNS if c not in ("run", "epochs"))
+    assert not (tmp_path / "mynet").exists()  # no finished run there: no summary
+    ae_cli.write_summaries(tmp_path, mnist)
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "default_layers/summary.csv").read_text())))
+    assert [row["run"] for row in rows] == ["adam_lr5e-4", "PCA-2 baseline"]
+    assert (rows[1]["test_mse"], rows[1]["knn5_accuracy"], rows[1]["epochs"]) == ("0.5", "0.4", "")
+    table = (tmp_path / "default_layers/summary.md").read_text()
+    assert table.startswith(f"# default_layers: results\n\n{ae_cli.SUMMARY_HEADER}\n\n| run | epochs |")
+    assert f"| adam_lr5e-4 | {metrics['epochs_run']} | {metrics['best_epoch']} |" in table
+    assert table.endswith(
+        "| PCA-2 baseline |  |  | " + " | ".join(str(pca.get(c, "")) for c in ae_cli.SUMMARY_COLUMNS[3:]) + " |\n"
+    )
