@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -75,14 +76,22 @@ def test_an_error_inside_training_is_not_reported_as_bad_usage(monkeypatch, tmp_
         ae_cli.main(["train", "--out", str(tmp_path / "run"), "--data", DATA, "--epochs", "1"])
 
 
-def test_train_help_lists_every_config_field():
-    # The real entry point, in its own process.
+def test_train_help_lists_every_config_field_with_its_help():
+    # The real entry point, in its own process; wide enough that no help line is wrapped.
     result = subprocess.run(
-        [sys.executable, str(ROOT / "ae_cli.py"), "train", "--help"], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, str(ROOT / "ae_cli.py"), "train", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "1000"},
     )
     assert result.returncode == 0
+    lines = result.stdout.splitlines()
     for field in dataclasses.fields(ah.RunConfig):
-        assert "--" + field.name.replace("_", "-") in result.stdout, field.name
+        flag = "--" + field.name.replace("_", "-")
+        at = next(i for i, line in enumerate(lines) if line.strip().startswith(flag))
+        assert field.metadata["help"] in " ".join(lines[at : at + 2]), field.name  # a long flag: help below
+    assert "--layer-sizes SIZES [SIZES ...]" in result.stdout
 
 
 def test_experiments_list_names_every_run(cli):

@@ -90,6 +90,9 @@ def update_ledger(ledger, tested=None) -> dict:
                 ledger["mutants"] = {m: c for m, c in ledger["mutants"].items() if _function(m) != function}
                 ledger["done"][function] = tested.get(function, functions[function])[1]
             ledger["mutants"].update({m: c for m, c in codes.items() if c is not None})
+    for function in ran - set(by_function) if made else ():  # mutmut finds nothing to change in it
+        if function in functions:
+            ledger["done"][function] = tested.get(function, functions[function])[1]
     current = {f for f, (_, digest) in functions.items() if ledger["done"].get(f, digest) == digest}
     ledger["done"] = {f: h for f, h in ledger["done"].items() if f in current}
     ledger["mutants"] = dict(sorted((m, c) for m, c in ledger["mutants"].items() if _function(m) in current))
