@@ -263,6 +263,8 @@ def _parser():
     ex.add_argument("--results", default=str(ah.PROJECT_ROOT), help=HELP["--results"])
     ex.add_argument("--data", default=None, help=HELP["experiments --data"])
     ex.add_argument("--device", default="auto", help=HELP["--device"])
+    for command in (fetch, tr, ex):
+        command.set_defaults(parser=command)  # a bad value is reported with its command's usage
     return parser
 
 
@@ -319,9 +321,11 @@ def main(argv=None) -> int:
 
     matplotlib.use("Agg")
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would report them with the top-level usage, not the command's
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        COMMANDS[args.command](args, parser)
+        COMMANDS[args.command](args, args.parser)
     except (DataError, ExperimentError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

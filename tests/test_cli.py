@@ -61,7 +61,7 @@ def test_bad_input_exits_2_with_usage(args, words, tmp_path, cli):
         args = [*args, "--out", "x"]
     result = cli(*args, cwd=tmp_path)  # whatever goes wrong, nothing is written into the repository
     assert result.returncode == 2
-    assert "usage:" in result.stderr
+    assert f"usage: ae_cli.py {args[0]}" in result.stderr
     assert words in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -92,6 +92,16 @@ def test_train_help_lists_every_config_field_with_its_help():
         at = next(i for i, line in enumerate(lines) if line.strip().startswith(flag))
         assert field.metadata["help"] in " ".join(lines[at : at + 2]), field.name  # a long flag: help below
     assert "--layer-sizes SIZES [SIZES ...]" in result.stdout
+
+
+def test_every_help_text_is_shown_by_a_help_page(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # nothing wrapped
+    pages = [cli(*command, "--help") for command in ([], ["fetch"], ["train"], ["experiments"])]
+    assert [page.returncode for page in pages] == [0] * 4
+    shown = "\n".join(page.stdout for page in pages)
+    assert pages[0].stdout.startswith("usage: ae_cli.py [-h] {fetch,train,experiments}")
+    for key, text in ae_cli.HELP.items():
+        assert text in shown, key
 
 
 def test_experiments_list_names_every_run(cli):
