@@ -178,6 +178,41 @@ def test_quick_mode_trains_a_saved_run_in_a_temporary_folder(mnist, monkeypatch,
     assert ah.run_is_complete(run.run_dir, run.config)
 
 
+def test_quick_mode_keeps_a_smaller_subset_and_a_batch_that_fits_it(monkeypatch):
+    monkeypatch.setattr(ah, "QUICK", True)
+    quick = ah.quick_config(ah.RunConfig(train_subset=500, batch_size=1000, track_every=10, epochs=150))
+    assert (quick.epochs, quick.train_subset, quick.batch_size, quick.track_every) == (1, 500, 500, 1)
+
+
+def test_quick_mode_makes_one_temporary_folder_per_session(monkeypatch):
+    monkeypatch.setattr(ah, "_QUICK_ROOT", None)
+    first = ah._quick_root()
+    try:
+        assert first.is_dir() and first.name.startswith("ae-quick-")
+        assert ah._quick_root() == first
+        assert not first.resolve().is_relative_to(ROOT.resolve())
+    finally:
+        first.rmdir()
+
+
+def test_get_run_loads_the_committed_run_outside_quick_mode(mnist, monkeypatch):
+    monkeypatch.setattr(ah, "QUICK", False)
+    monkeypatch.setattr(ah, "train", lambda *a, **k: pytest.fail("a finished run is loaded, not trained"))
+    name = "default_layers/adam_lr5e-4"
+    run = ah.get_run(name, mnist, need_model=True, progress=False)
+    assert run.run_dir == ROOT / name
+    assert run.metrics == json.loads((ROOT / name / "metrics.json").read_text())
+    assert run.model is not None
+
+
+def test_a_run_without_its_weights_is_trained_again_only_when_the_weights_are_needed(mnist, small_config, tmp_path):
+    ah.train(small_config, mnist, run_dir=tmp_path / "run", progress=False)
+    (tmp_path / "run" / "model.pt").unlink()  # as for the runs whose weights are not committed
+    assert ah.load_or_train(small_config, tmp_path / "run", mnist, progress=False).model is None
+    run = ah.load_or_train(small_config, tmp_path / "run", mnist, need_model=True, progress=False)
+    assert run.model is not None and (tmp_path / "run" / "model.pt").is_file()
+
+
 def test_quick_config_shrinks_only_in_quick_mode(monkeypatch):
     config = ah.RunConfig()
     monkeypatch.setattr(ah, "QUICK", False)
