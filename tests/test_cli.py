@@ -99,9 +99,23 @@ def test_every_help_text_is_shown_by_a_help_page(cli, monkeypatch):
     pages = [cli(*command, "--help") for command in ([], ["fetch"], ["train"], ["experiments"])]
     assert [page.returncode for page in pages] == [0] * 4
     shown = "\n".join(page.stdout for page in pages)
+    assert all("(default: " in page.stdout for page in pages[1:])  # each command's options show their defaults
     assert pages[0].stdout.startswith("usage: ae_cli.py [-h] {fetch,train,experiments}")
     for key, text in ae_cli.HELP.items():
         assert text in shown, key
+
+
+def test_without_a_command_the_usage_names_the_commands(cli):
+    result = cli()
+    assert result.returncode == 2
+    assert "usage: ae_cli.py [-h] {fetch,train,experiments}" in result.stderr
+    assert "the following arguments are required: command" in result.stderr
+
+
+def test_fetch_verifies_the_data_folder_it_runs_in(cli):
+    # The files are there (`make test` fetches them first): checked by SHA-256, nothing fetched, nothing said.
+    result = cli("fetch", cwd=ROOT)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
 def test_experiments_list_names_every_run(cli):
