@@ -6,6 +6,8 @@ import io
 import json
 import shutil
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -70,13 +72,33 @@ def test_parallel_runs_start_longest_first_with_an_equal_share_of_threads(monkey
         assert {call[3] for call in calls} == {threads}
 
 
-def test_a_failed_worker_is_named_after_every_run_has_had_its_turn(capsys):
-    names = ["mynet/adam_lr5e-4", "default_layers/adam_lr1e-3"]
-    calls, launch = _recorder({"default_layers/adam_lr1e-3": 1})
-    with pytest.raises(ae_cli.ExperimentError, match=r"training failed for \['default_layers/adam_lr1e-3'\]; see"):
-        ae_cli._train_in_parallel(names, "R", "D", 2, False, "cpu", progress=False, launch=launch)
-    assert len(calls) == 2
-    assert "default_layers/adam_lr1e-3: failed" in capsys.readouterr().out
+def test_parallel_training_runs_jobs_at_once_longest_first_and_names_failures(tmp_path, monkeypatch, capsys):
+    names = [
+        "mynet/adam_lr5e-4_cosine60",
+        "default_layers/adam_lr5e-4",
+        "mynet/adam_lr5e-4",
+        "default_layers/sgd_lr5e-4",
+    ]
+    running, peak, started, lock = [0], [0], [], threading.Lock()
+
+    def launch(name, root, data_root, threads, force, device):
+        with lock:
+            started.append((name, threads))
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return 1 if name == "mynet/adam_lr5e-4" else 0
+
+    monkeypatch.setattr(ae_cli.os, "cpu_count", lambda: 4)
+    with pytest.raises(ae_cli.ExperimentError, match=r"training failed for \['mynet/adam_lr5e-4'\]"):
+        ae_cli._train_in_parallel(names, tmp_path, tmp_path / "data", 2, False, "cpu", False, launch=launch)
+    assert peak[0] == 2
+    assert len(started) == 4
+    assert all(threads == 2 for _, threads in started)  # 4 cores shared by 2 jobs
+    assert started[0][0] == "default_layers/adam_lr5e-4"  # the longest run starts first
+    assert "mynet/adam_lr5e-4: failed" in capsys.readouterr().out
 
 
 def test_a_worker_is_this_command_line_with_its_thread_share_and_a_log(tmp_path, monkeypatch):

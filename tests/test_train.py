@@ -13,7 +13,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import ae_cli
 import ae_helpers as ah
 from support import ROOT
 
@@ -322,36 +321,6 @@ def test_an_epoch_takes_only_the_batches_its_order_names():
     total = ah.train_epoch(model, optimizer, torch.randn(100, 784), torch.arange(40), 16)
     assert len(steps) == 3
     assert torch.isfinite(total)
-
-
-def test_parallel_training_runs_jobs_at_once_longest_first_and_names_failures(tmp_path, monkeypatch):
-    import threading
-
-    names = [
-        "mynet/adam_lr5e-4_cosine60",
-        "default_layers/adam_lr5e-4",
-        "mynet/adam_lr5e-4",
-        "default_layers/sgd_lr5e-4",
-    ]
-    running, peak, started, lock = [0], [0], [], threading.Lock()
-
-    def launch(name, root, data_root, threads, force, device):
-        with lock:
-            started.append((name, threads))
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        time.sleep(0.2)
-        with lock:
-            running[0] -= 1
-        return 1 if name == "mynet/adam_lr5e-4" else 0
-
-    monkeypatch.setattr(ae_cli.os, "cpu_count", lambda: 4)
-    with pytest.raises(ae_cli.ExperimentError, match=r"training failed for \['mynet/adam_lr5e-4'\]"):
-        ae_cli._train_in_parallel(names, tmp_path, tmp_path / "data", 2, False, "cpu", False, launch=launch)
-    assert peak[0] == 2
-    assert len(started) == 4
-    assert all(threads == 2 for _, threads in started)  # 4 cores shared by 2 jobs
-    assert started[0][0] == "default_layers/adam_lr5e-4"  # the longest run starts first
 
 
 def test_the_loop_trains_in_training_mode_and_evaluates_in_eval_mode(mnist, small_config, monkeypatch):
