@@ -1,10 +1,13 @@
 """Latent-space measures against brute-force references, and the PCA-2 baseline on real data."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 import ae_helpers as ah
+from support import ROOT
 
 
 def _brute_silhouette(codes, labels):
@@ -103,3 +106,25 @@ def test_the_manifold_grid_puts_high_y_at_the_top_and_high_x_at_the_right(mnist)
                 expected = model.decode(torch.tensor([[x, y]], dtype=torch.float32))[0] * mnist.std + mnist.mean
             cell = grid[row * 28 : (row + 1) * 28, col * 28 : (col + 1) * 28]
             assert torch.allclose(cell, expected.clamp(0, 1).reshape(28, 28), atol=1e-6), (row, col)
+
+
+def test_mse_units_convert_between_normalized_and_pixel_units(mnist):
+    raw = dataclasses.replace(mnist, mean=0.0, std=1.0)  # the same images in pixel units
+    assert ah.mse_units(1.0, mnist) == pytest.approx({"normalized": 1.0, "pixels": mnist.pixel_std**2})
+    assert ah.mse_units(1.0, raw) == pytest.approx({"normalized": 1 / mnist.pixel_std**2, "pixels": 1.0})
+
+
+def test_a_committed_run_measures_every_metric_it_saved(mnist):
+    # Every key measure_run returns, against the run's metrics.json (the same code wrote it, on another CPU:
+    # equal to float32 noise); pixel units are the normalized ones times 0.3081^2.
+    run = ah.load_run(ROOT / "mynet/adam_lr5e-4", require_model=True)
+    measured = ah.measure_run(run.model, mnist, *ah.split_indices())
+    assert set(measured) == {f"{s}_mse{u}" for s in ("train", "val", "test") for u in ("", "_pixels")} | {
+        "knn5_accuracy",
+        "knn5_val_accuracy",
+        "silhouette",
+    }
+    for key, value in measured.items():
+        assert value == pytest.approx(run.metrics[key], abs=2e-4, rel=1e-3), key
+        if key.endswith("_pixels"):
+            assert value == pytest.approx(measured[key[: -len("_pixels")]] * mnist.pixel_std**2, rel=1e-4), key
