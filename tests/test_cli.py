@@ -94,15 +94,56 @@ def test_train_help_lists_every_config_field_with_its_help():
     assert "--layer-sizes SIZES [SIZES ...]" in result.stdout
 
 
-def test_every_help_text_is_shown_by_a_help_page(cli, monkeypatch):
+# Each help page and the HELP texts it shows.
+PAGES = {
+    (): ("ae_cli.py", "fetch", "train", "experiments"),
+    ("fetch",): ("--data",),
+    ("train",): ("--out", "--device", "--data"),
+    ("experiments",): (
+        "--list",
+        "--only",
+        "--redraw",
+        "--force",
+        "--jobs",
+        "--results",
+        "experiments --data",
+        "--device",
+    ),
+}
+
+
+def test_every_help_page_shows_its_texts_and_defaults(cli, monkeypatch):
     monkeypatch.setenv("COLUMNS", "1000")  # nothing wrapped
-    pages = [cli(*command, "--help") for command in ([], ["fetch"], ["train"], ["experiments"])]
-    assert [page.returncode for page in pages] == [0] * 4
-    shown = "\n".join(page.stdout for page in pages)
-    assert all("(default: " in page.stdout for page in pages[1:])  # each command's options show their defaults
-    assert pages[0].stdout.startswith("usage: ae_cli.py [-h] {fetch,train,experiments}")
-    for key, text in ae_cli.HELP.items():
-        assert text in shown, key
+    for command, keys in PAGES.items():
+        page = cli(*command, "--help")
+        assert page.returncode == 0
+        assert page.stdout.startswith(f"usage: ae_cli.py {' '.join(command)}".rstrip() + " [-h]")
+        for key in keys:
+            assert ae_cli.HELP[key] in page.stdout, (command, key)
+        assert command == () or "(default: " in page.stdout  # each command's options show their defaults
+    assert {key for keys in PAGES.values() for key in keys} == set(ae_cli.HELP)  # a new text gets a page here
+    assert "--only RUN [RUN ...]" in cli("experiments", "--help").stdout
+
+
+def test_train_without_out_is_refused_before_anything_is_trained(cli, tmp_path):
+    result = cli("train", "--epochs", "1", "--data", DATA, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "usage: ae_cli.py train" in result.stderr
+    assert "the following arguments are required: --out" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["fetch"], ["train", "--out", "run"]])
+def test_mnist_is_looked_for_in_data_of_the_folder_the_command_runs_in(command, cli, monkeypatch, tmp_path):
+    asked = []
+
+    def record(root, *args, **kwargs):
+        asked.append(root)
+        raise FileNotFoundError("recorded")  # stop here: nothing fetched, nothing trained
+
+    monkeypatch.setattr(ae_cli, "fetch_mnist", record)
+    monkeypatch.setattr(ah, "load_mnist", record)
+    result = cli(*command, cwd=tmp_path)
+    assert (result.returncode, asked) == (1, ["data"])
 
 
 def test_without_a_command_the_usage_names_the_commands(cli):
