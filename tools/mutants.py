@@ -1,6 +1,8 @@
 """Mutation testing of the project's core (`make mutants`): run mutmut, then summarize per section.
 
     python tools/mutants.py run [--max-children 2]   # mutate the core, test each mutant (resumable)
+    python tools/mutants.py run --sections Training  # only these sections, in this order
+    python tools/mutants.py run --survivors 'ae_cli.*' # after adding a test: only those functions' survivors
     python tools/mutants.py summary                  # mutation/summary.md from the results so far
 
 The core is every function of these sections of ae_helpers.py (model, configuration, training, run
@@ -128,6 +130,25 @@ def run(max_children, only=(), chunk=4) -> int:
     return 0
 
 
+def retest_survivors(max_children, patterns) -> int:
+    """mutmut on the survivors (by the ledger) of the functions matching ``patterns`` only: after a test is
+    added to kill them, far cheaper than testing those functions' killed mutants again."""
+    survivors = [
+        m
+        for m, code in load_ledger()["mutants"].items()
+        if code == 0 and any(fnmatch(_function(m), p) for p in patterns)
+    ]
+    if not survivors:
+        print(f"no survivors in functions matching {list(patterns)}")
+        return 0
+    RUNNING.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *survivors]
+    code = subprocess.run(command, cwd=ROOT).returncode
+    if not code:
+        _write(RUNNING, json.dumps(sorted({_function(m) for m in survivors})))
+    return code
+
+
 def results() -> dict:
     """{mutant name: exit code (None: not tested yet)} from mutmut's files in mutants/."""
     codes = {}
@@ -246,6 +267,13 @@ def main(argv=None) -> int:
         help="test these functions again (glob over names such as ae_helpers.x_train), e.g. after "
         "adding a test that should kill a survivor",
     )
+    parser.add_argument(
+        "--survivors",
+        nargs="+",
+        default=(),
+        metavar="PATTERN",
+        help="test only the survivors of these functions again (glob, as --again), e.g. after adding a test",
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.sections) - {section for sections in CORE.values() for section in sections})
     if unknown:
@@ -255,7 +283,10 @@ def main(argv=None) -> int:
         ledger = load_ledger()
         ledger["done"] = {f: h for f, h in ledger["done"].items() if not any(fnmatch(f, p) for p in args.again)}
         _write(LEDGER, json.dumps(ledger, indent=1, ensure_ascii=False) + "\n")
-    code = run(args.max_children, args.sections, args.chunk) if args.command == "run" else 0
+    if args.survivors:
+        code = retest_survivors(args.max_children, args.survivors)
+    else:
+        code = run(args.max_children, args.sections, args.chunk) if args.command == "run" else 0
     ledger = update_ledger(load_ledger())
     _write(LEDGER, json.dumps(ledger, indent=1, ensure_ascii=False) + "\n")
     text = summary(ledger)
