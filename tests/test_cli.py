@@ -159,6 +159,23 @@ def test_fetch_verifies_the_data_folder_it_runs_in(cli):
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ([], dict(only=None, root=str(ah.PROJECT_ROOT), data_root=None, redraw=False, force=False, jobs=1)),
+        (
+            ["--only", "mynet/adam_lr5e-4", "--results", "R", "--data", "D", "--redraw", "--force", "--jobs", "3"],
+            dict(only=["mynet/adam_lr5e-4"], root="R", data_root="D", redraw=True, force=True, jobs=3),
+        ),
+    ],
+)
+def test_experiments_options_reach_the_runner(args, expected, cli, monkeypatch):
+    called = []
+    monkeypatch.setattr(ae_cli, "run_experiments", lambda only, **options: called.append(dict(only=only, **options)))
+    assert cli("experiments", *args, "--device", "cpu").returncode == 0
+    assert called == [{**expected, "device": "cpu"}]
+
+
 def test_experiments_list_names_every_run(cli):
     result = cli("experiments", "--list")
     assert result.returncode == 0
