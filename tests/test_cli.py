@@ -176,11 +176,19 @@ def test_experiments_options_reach_the_runner(args, expected, cli, monkeypatch):
     assert called == [{**expected, "device": "cpu"}]
 
 
-def test_experiments_list_names_every_run(cli):
-    result = cli("experiments", "--list")
+def test_experiments_list_names_every_run_and_whether_it_is_finished(cli, tmp_path):
+    # A finished run, and the same files under a run whose config differs (seed 1): that one is still to do.
+    for name in ("mynet/adam_lr5e-4", "mynet/adam_lr5e-4_seed1"):
+        (tmp_path / name).mkdir(parents=True)
+        for file in ("config.json", "metrics.json", "history.csv"):
+            shutil.copy(ROOT / "mynet/adam_lr5e-4" / file, tmp_path / name / file)
+    result = cli("experiments", "--list", "--results", str(tmp_path))
     assert result.returncode == 0
-    for name in ah.EXPERIMENTS:
-        assert name in result.stdout, name
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(ah.EXPERIMENTS)
+    for line, (name, config) in zip(lines, ah.EXPERIMENTS.items()):
+        state = "finished" if name == "mynet/adam_lr5e-4" else "to do"
+        assert line == f"{name:45s} {config.epochs:4d} epochs  {state}"
 
 
 def test_train_writes_a_finished_run_folder(tmp_path, cli):
@@ -192,6 +200,23 @@ def test_train_writes_a_finished_run_folder(tmp_path, cli):
         assert (out / name).is_file(), name
     assert (out / "test_data_tracking" / "epoch_001.png").is_file()
     assert json.loads((out / "config.json").read_text())["layer_sizes"] == [32, 2]
+    assert result.stdout.endswith(json.dumps(json.loads((out / "metrics.json").read_text()), indent=2) + "\n")
+
+
+def test_train_trains_on_the_data_it_loaded_on_the_device_asked(tmp_path, cli, monkeypatch):
+    loaded, trained = [], []
+    load = ah.load_mnist
+    monkeypatch.setattr(ah, "load_mnist", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1])
+
+    def train(config, data, run_dir, device):
+        trained.append((data, run_dir, device))
+        raise FileNotFoundError("stop before training")
+
+    monkeypatch.setattr(ah, "train", train)
+    result = cli("train", "--out", "run", "--data", DATA, "--no-normalize", "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 1
+    assert trained == [(loaded[0], "run", "cpu")]
+    assert loaded[0].std == 1.0  # --no-normalize: loaded in pixel units
 
 
 # Every RunConfig field, each away from its default: (command-line arguments, value in config.json).
