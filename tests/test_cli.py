@@ -257,7 +257,7 @@ def test_every_config_field_reaches_the_runs_config(tmp_path, cli):
         assert saved[field] == expected, field
 
 
-def test_parallel_experiments_skip_finished_runs_and_a_worker_trains_through_the_cli(tmp_path, cli):
+def test_parallel_experiments_skip_finished_runs_and_a_worker_trains_through_the_cli(tmp_path, cli, monkeypatch):
     # A copy of a finished run under another results folder: a real worker process, launched with
     # the same command line `make results --jobs` uses, finds it finished and writes the summary.
     name = "mynet/adam_lr5e-4"
@@ -266,6 +266,8 @@ def test_parallel_experiments_skip_finished_runs_and_a_worker_trains_through_the
     log = (tmp_path / name / "train.log").read_text()
     assert f"{name}: finished, skipped" in log, log
     assert "adam_lr5e-4 |" in (tmp_path / "mynet" / "summary.md").read_text()
+    # Nothing to launch now; a worker launched anyway would train real runs for hours: fail at once instead.
+    monkeypatch.setattr(ae_cli, "_launch_worker", lambda name, *args: pytest.fail(f"launched a worker for {name}"))
     result = cli("experiments", "--jobs", "2", "--only", name, "--results", str(tmp_path), "--data", DATA)
     assert result.returncode == 0, result.stderr
     assert f"{name}: finished, skipped" in result.stdout
