@@ -49,7 +49,7 @@ def cli(capsys, monkeypatch):
         (["train", "--optimizer", "lbfgs"], "invalid choice"),
         (["train", "--epochs", "-3"], "epochs must be an integer >= 0"),
         (["train", "--device", "tpu"], "choose 'auto', 'cpu', 'cuda' or 'mps'"),
-        (["train", "--dropout", "0.5"], "unrecognized arguments: --dropout"),
+        (["train", "--dropout", "0.5"], "unrecognized arguments: --dropout 0.5"),
         (["train", "--noise", "-1"], "noise must be a standard deviation >= 0"),
         (["train", "--input-dim", "100", "--data", DATA], "input_dim=100 but the images have 784 values each"),
         (["experiments", "--only", "default_layers/nope"], "unknown run"),
@@ -143,7 +143,7 @@ def test_mnist_is_looked_for_in_data_of_the_folder_the_command_runs_in(command, 
     monkeypatch.setattr(ae_cli, "fetch_mnist", record)
     monkeypatch.setattr(ah, "load_mnist", record)
     result = cli(*command, cwd=tmp_path)
-    assert (result.returncode, asked) == (1, ["data"])
+    assert (result.returncode, asked, result.stderr) == (1, ["data"], "error: recorded\n")  # no traceback
 
 
 def test_without_a_command_the_usage_names_the_commands(cli):
