@@ -66,6 +66,11 @@ def test_parallel_runs_start_longest_first_with_an_equal_share_of_threads(monkey
     assert [call[0] for call in calls] == sorted(names, key=work.get, reverse=True)
     assert {call[1:] for call in calls} == {("R", "D", 8, True, "cpu")}  # 8 threads / 1 job
     assert capsys.readouterr().out.splitlines() == [f"{call[0]}: finished" for call in calls]
+    monkeypatch.setattr(ae_cli.os, "cpu_count", lambda: None)  # unknown: one thread each
+    calls, launch = _recorder()
+    ae_cli._train_in_parallel(names, "R", "D", 1, False, "cpu", progress=False, launch=launch)
+    assert {call[3] for call in calls} == {1}
+    monkeypatch.setattr(ae_cli.os, "cpu_count", lambda: 8)
     for jobs, threads in ((3, 2), (16, 1)):  # 8 // 3 = 2; at least one each
         calls, launch = _recorder()
         ae_cli._train_in_parallel(names, "R", "D", jobs, False, "cpu", progress=False, launch=launch)
@@ -92,7 +97,11 @@ def test_parallel_training_runs_jobs_at_once_longest_first_and_names_failures(tm
         return 1 if name == "mynet/adam_lr5e-4" else 0
 
     monkeypatch.setattr(ae_cli.os, "cpu_count", lambda: 4)
-    with pytest.raises(ae_cli.ExperimentError, match=r"training failed for \['mynet/adam_lr5e-4'\]"):
+    with pytest.raises(
+        ae_cli.ExperimentError,
+        match=r"training failed for \['mynet/adam_lr5e-4'\]; see train.log in each run folder, then rerun "
+        r"\(finished runs are skipped, interrupted ones resume\)\.$",
+    ):
         ae_cli._train_in_parallel(names, tmp_path, tmp_path / "data", 2, False, "cpu", False, launch=launch)
     assert peak[0] == 2
     assert len(started) == 4
@@ -171,3 +180,22 @@ def test_summaries_list_each_finished_run_with_its_metrics_and_the_pca_baseline(
     assert table.endswith(
         "| PCA-2 baseline |  |  | " + " | ".join(str(pca.get(c, "")) for c in ae_cli.SUMMARY_COLUMNS[3:]) + " |\n"
     )
+
+
+def test_a_finished_run_of_another_config_is_trained_again(tmp_path, capsys, monkeypatch):
+    # mynet/adam_lr5e-4's files under the name of its seed-1 variant: finished, but not of that run's config.
+    name = "mynet/adam_lr5e-4_seed1"
+    (tmp_path / name).mkdir(parents=True)
+    for file in ("config.json", "metrics.json", "history.csv"):
+        shutil.copy(ROOT / "mynet/adam_lr5e-4" / file, tmp_path / name / file)
+    trained = []
+
+    def train(config, data, run_dir, **options):
+        trained.append(run_dir)
+        raise InterruptedError("stop before training")
+
+    monkeypatch.setattr(ah, "train", train)
+    with pytest.raises(InterruptedError):
+        ae_cli._train_or_skip(name, "[1/1]", tmp_path, None, False, False, "cpu", False)
+    assert trained == [tmp_path / name]
+    assert "[1/1] mynet/adam_lr5e-4_seed1: training 150 epochs" in capsys.readouterr().out
