@@ -15,6 +15,13 @@ import ae_cli
 import ae_helpers as ah
 from support import ROOT
 
+
+@pytest.fixture(autouse=True)
+def _no_real_workers(monkeypatch):
+    """A part that wrongly starts a real worker fails at once here, instead of training real runs for hours."""
+    monkeypatch.setattr(ae_cli.subprocess, "run", lambda command, **options: pytest.fail(f"started {command}"))
+
+
 FINISHED = ("default_layers/adam_lr5e-4", "mynet/adam_lr5e-4")  # committed runs
 
 
