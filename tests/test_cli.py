@@ -76,15 +76,9 @@ def test_an_error_inside_training_is_not_reported_as_bad_usage(monkeypatch, tmp_
         ae_cli.main(["train", "--out", str(tmp_path / "run"), "--data", DATA, "--epochs", "1"])
 
 
-def test_train_help_lists_every_config_field_with_its_help():
-    # The real entry point, in its own process; wide enough that no help line is wrapped.
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "ae_cli.py"), "train", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "COLUMNS": "1000"},
-    )
+def test_train_help_lists_every_config_field_with_its_help(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # wide enough that no help line is wrapped
+    result = cli("train", "--help")
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     for field in dataclasses.fields(ah.RunConfig):
