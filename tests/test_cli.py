@@ -73,7 +73,7 @@ def test_an_error_inside_training_is_not_reported_as_bad_usage(monkeypatch, tmp_
         ae_cli.main(["train", "--out", str(tmp_path / "run"), "--data", DATA, "--epochs", "1"])
 
 
-def test_train_help_lists_every_config_field_with_its_help(cli, monkeypatch):
+def test_train_help_shows_every_config_fields_option_and_help(cli, monkeypatch):
     monkeypatch.setenv("COLUMNS", "1000")  # wide enough that no help line is wrapped
     result = cli("train", "--help")
     assert result.returncode == 0
