@@ -19,3 +19,13 @@ def copy_project(dest):
         shutil.copytree(ROOT / name, dest / name)
     (dest / "data").symlink_to(ROOT / "data")
     return dest
+
+
+def copy_finished_run(name, dest, as_name=None):
+    """The three files that make the committed run ``name`` finished (no weights, no figures), copied to
+    ``dest/as_name`` (default: the same name)."""
+    folder = dest / (as_name or name)
+    folder.mkdir(parents=True)
+    for file in ("config.json", "metrics.json", "history.csv"):
+        shutil.copy(ROOT / name / file, folder / file)
+    return folder

@@ -8,7 +8,7 @@ import pytest
 
 import ae_cli
 import ae_helpers as ah
-from support import ROOT
+from support import ROOT, copy_finished_run
 
 DATA = str(ROOT / "data")
 
@@ -170,9 +170,7 @@ def test_experiments_options_reach_the_runner(args, expected, cli, monkeypatch):
 def test_experiments_list_names_every_run_and_whether_it_is_finished(cli, tmp_path):
     # A finished run, and the same files under a run whose config differs (seed 1): that one is still to do.
     for name in ("mynet/adam_lr5e-4", "mynet/adam_lr5e-4_seed1"):
-        (tmp_path / name).mkdir(parents=True)
-        for file in ("config.json", "metrics.json", "history.csv"):
-            shutil.copy(ROOT / "mynet/adam_lr5e-4" / file, tmp_path / name / file)
+        copy_finished_run("mynet/adam_lr5e-4", tmp_path, as_name=name)
     result = cli("experiments", "--list", "--results", str(tmp_path))
     assert result.returncode == 0
     lines = result.stdout.splitlines()

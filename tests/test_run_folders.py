@@ -1,13 +1,12 @@
 """Run folders (ae_helpers.py): written atomically, recognised as finished only when whole, loaded safely."""
 
 import json
-import shutil
 
 import pytest
 import torch
 
 import ae_helpers as ah
-from support import ROOT
+from support import ROOT, copy_finished_run
 
 RUN = ROOT / "default_layers/adam_lr5e-4"
 
@@ -33,7 +32,7 @@ def test_json_is_indented_and_ends_with_a_newline(tmp_path):
 
 @pytest.mark.parametrize("missing", ["metrics.json", "config.json", "history.csv"])
 def test_a_run_missing_any_of_its_three_files_is_not_finished(tmp_path, missing):
-    shutil.copytree(RUN, tmp_path / "run", ignore=shutil.ignore_patterns("*.pt", "*.png"))
+    copy_finished_run("default_layers/adam_lr5e-4", tmp_path, as_name="run")
     config = ah.RunConfig.from_dict(json.loads((RUN / "config.json").read_text()))
     assert ah.run_is_complete(tmp_path / "run", config)
     (tmp_path / "run" / missing).unlink()
@@ -41,7 +40,7 @@ def test_a_run_missing_any_of_its_three_files_is_not_finished(tmp_path, missing)
 
 
 def test_a_run_with_an_unreadable_config_is_not_a_finished_run_of_any_config(tmp_path):
-    shutil.copytree(RUN, tmp_path / "run", ignore=shutil.ignore_patterns("*.pt", "*.png"))
+    copy_finished_run("default_layers/adam_lr5e-4", tmp_path, as_name="run")
     (tmp_path / "run" / "config.json").write_text('{"layer_sizes": [1000,')  # cut off
     assert ah.run_is_complete(tmp_path / "run")  # its three files are there
     assert not ah.run_is_complete(tmp_path / "run", ah.RunConfig())

@@ -4,7 +4,6 @@ CPU, what it launches and what it summarizes. tests/test_cli.py runs them for re
 import csv
 import io
 import json
-import shutil
 import subprocess
 import threading
 import time
@@ -13,7 +12,7 @@ import pytest
 
 import ae_cli
 import ae_helpers as ah
-from support import ROOT
+from support import ROOT, copy_finished_run
 
 
 @pytest.fixture(autouse=True)
@@ -26,11 +25,8 @@ FINISHED = ("default_layers/adam_lr5e-4", "mynet/adam_lr5e-4")  # committed runs
 
 
 def _copy_finished(root, names=FINISHED):
-    """The files that make a run finished (no weights, no figures)."""
     for name in names:
-        (root / name).mkdir(parents=True)
-        for file in ("config.json", "metrics.json", "history.csv"):
-            shutil.copy(ROOT / name / file, root / name / file)
+        copy_finished_run(name, root)
 
 
 @pytest.mark.parametrize("only", [None, []])
@@ -192,9 +188,7 @@ def test_summaries_list_each_finished_run_with_its_metrics_and_the_pca_baseline(
 def test_a_finished_run_of_another_config_is_trained_again(tmp_path, capsys, monkeypatch):
     # mynet/adam_lr5e-4's files under the name of its seed-1 variant: finished, but not of that run's config.
     name = "mynet/adam_lr5e-4_seed1"
-    (tmp_path / name).mkdir(parents=True)
-    for file in ("config.json", "metrics.json", "history.csv"):
-        shutil.copy(ROOT / "mynet/adam_lr5e-4" / file, tmp_path / name / file)
+    copy_finished_run("mynet/adam_lr5e-4", tmp_path, as_name=name)
     trained = []
 
     def train(config, data, run_dir, **options):
