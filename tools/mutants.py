@@ -88,8 +88,7 @@ def update_ledger(ledger, tested=None) -> dict:
         by_function.setdefault(_function(mutant), {})[mutant] = code
     for function, codes in by_function.items():
         if function in functions and function in ran and any(code is not None for code in codes.values()):
-            if all(code is not None for code in codes.values()):  # the function's mutants now, renumbered or not
-                ledger["mutants"] = {m: c for m, c in ledger["mutants"].items() if _function(m) != function}
+            if all(code is not None for code in codes.values()):
                 ledger["done"][function] = tested.get(function, functions[function])[1]
             ledger["mutants"].update({m: c for m, c in codes.items() if c is not None})
     for function in ran - set(by_function) if made else ():  # mutmut finds nothing to change in it
@@ -119,8 +118,7 @@ def run(max_children, only=(), chunk=4) -> int:
             print(f"--- {section}: {', '.join(part)}", flush=True)
             RUNNING.unlink(missing_ok=True)
             tested = core_functions()  # the source mutmut copies now
-            command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
-            code = subprocess.run(command + [f"{f}__mutmut_*" for f in part], cwd=ROOT).returncode
+            code = _mutmut(max_children, [f"{f}__mutmut_*" for f in part])
             if code:
                 return code  # interrupted or failed: mutants/ may hold older results for these functions
             _write(RUNNING, json.dumps(part))  # only these functions' results in mutants/ are from this run
@@ -128,6 +126,12 @@ def run(max_children, only=(), chunk=4) -> int:
     if not todo:
         print("every core function is tested (mutation/results.json); nothing to run")
     return 0
+
+
+def _mutmut(max_children, names) -> int:
+    """``mutmut run`` on these mutants (names or globs); its exit code."""
+    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *names]
+    return subprocess.run(command, cwd=ROOT).returncode
 
 
 def retest_survivors(max_children, patterns) -> int:
@@ -142,8 +146,7 @@ def retest_survivors(max_children, patterns) -> int:
         print(f"no survivors in functions matching {list(patterns)}")
         return 0
     RUNNING.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *survivors]
-    code = subprocess.run(command, cwd=ROOT).returncode
+    code = _mutmut(max_children, survivors)
     if not code:
         _write(RUNNING, json.dumps(sorted({_function(m) for m in survivors})))
     return code
