@@ -17,8 +17,10 @@ from support import ROOT, copy_finished_run
 
 @pytest.fixture(autouse=True)
 def _no_real_workers(monkeypatch):
-    """A part that wrongly starts a real worker fails at once here, instead of training real runs for hours."""
+    """A part that wrongly starts a real worker, or trains in this process, fails at once here, instead of
+    training real runs for hours (a test that means to train replaces ah.train with its own)."""
     monkeypatch.setattr(ae_cli.subprocess, "run", lambda command, **options: pytest.fail(f"started {command}"))
+    monkeypatch.setattr(ah, "train", lambda config, data, **options: pytest.fail(f"trained {config}"))
 
 
 FINISHED = ("default_layers/adam_lr5e-4", "mynet/adam_lr5e-4")  # committed runs
