@@ -4,6 +4,7 @@ CPU, what it launches and what it summarizes. tests/test_cli.py runs them for re
 import csv
 import io
 import json
+import shutil
 import subprocess
 import threading
 import time
@@ -202,3 +203,38 @@ def test_a_finished_run_of_another_config_is_trained_again(tmp_path, capsys, mon
         ae_cli._train_or_skip(name, "[1/1]", tmp_path, None, False, False, "cpu", False)
     assert trained == [tmp_path / name]
     assert "[1/1] mynet/adam_lr5e-4_seed1: training 150 epochs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("force, progress", [(False, True), (True, False)])
+def test_a_run_is_trained_as_asked_then_drawn_and_summarized(tmp_path, monkeypatch, force, progress):
+    name, data, run, seen = "mynet/adam_lr5e-4", object(), object(), []
+    monkeypatch.setattr(ah, "train", lambda config, data, **options: seen.append((config, data, options)) or run)
+    monkeypatch.setattr(ah, "draw_run_figures", lambda *args: seen.append(args))
+    monkeypatch.setattr(ae_cli, "write_summaries", lambda *args: seen.append(args))
+    ae_cli._train_or_skip(name, "[1/1]", tmp_path, data, False, force, "cpu", progress)
+    options = dict(run_dir=tmp_path / name, device="cpu", progress=progress, resume=not force)
+    assert seen == [(ah.EXPERIMENTS[name], data, options), (run, data), (tmp_path, data)]
+
+
+def test_a_redraw_measures_on_the_split_of_the_data_given(tmp_path, monkeypatch):
+    # 10,000 training images, not MNIST's 60,000: the split must come from the data given.
+    folder = copy_finished_run(FINISHED[0], tmp_path)
+    shutil.copy(ROOT / FINISHED[0] / "model.pt", folder / "model.pt")  # a redraw measures only with weights
+    data, seen = type("Data", (), {"train_images": range(10000)})(), []
+    monkeypatch.setattr(ah, "measure_run", lambda model, data, *split: seen.append(split) or {"test_mse": 9.0})
+    monkeypatch.setattr(ah, "draw_run_figures", lambda run, data: seen.append(run.metrics["test_mse"]))
+    ae_cli._redraw(folder, data)
+    config = ah.load_run(folder).config
+    (train_idx, val_idx), want = seen[0], ah.run_split(config, 10000)
+    assert train_idx.tolist() == want[0].tolist() and val_idx.tolist() == want[1].tolist()
+    assert seen[1] == 9.0 and json.loads((folder / "metrics.json").read_text())["test_mse"] == 9.0
+
+
+@pytest.mark.parametrize("progress, jobs", [(True, 2), (False, 1)])
+def test_the_parallel_progress_bar_counts_runs_when_asked(monkeypatch, progress, jobs):
+    bars = []
+    monkeypatch.setattr(ah, "_progress", lambda iterable, show, desc="": bars.append((show, desc)) or iterable)
+    _, launch = _recorder()
+    ae_cli._train_in_parallel(list(FINISHED), "R", "D", jobs, False, "cpu", progress, launch=launch)
+    ae_cli._train_in_parallel([], "R", "D", jobs, False, "cpu", progress, launch=launch)
+    assert bars == [(progress, f"runs ({jobs} at a time)"), (False, f"runs ({jobs} at a time)")]

@@ -17,6 +17,7 @@ import argparse
 import ast
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -131,7 +132,9 @@ def run(max_children, only=(), chunk=4) -> int:
 def _mutmut(max_children, names) -> int:
     """``mutmut run`` on these mutants (names or globs); its exit code."""
     command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *names]
-    return subprocess.run(command, cwd=ROOT).returncode
+    # one core per child: torch's own threads on top of the children would oversubscribe the cores
+    threads = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    return subprocess.run(command, cwd=ROOT, env={**os.environ, **threads}).returncode
 
 
 def retest_survivors(max_children, patterns) -> int:
