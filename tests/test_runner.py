@@ -4,6 +4,7 @@ CPU, what it launches and what it summarizes. tests/test_cli.py runs them for re
 import csv
 import io
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -44,7 +45,8 @@ def test_jobs_must_be_a_whole_number_from_1(jobs):
 
 
 def test_unknown_runs_are_named_with_the_choices():
-    with pytest.raises(ValueError, match=r"unknown run\(s\) \['mynet/nope'\]; choose from: default_layers/"):
+    choices = ", ".join(ah.EXPERIMENTS)
+    with pytest.raises(ValueError, match=re.escape(f"unknown run(s) ['mynet/nope']; choose from: {choices}.")):
         ae_cli.check_experiments(["mynet/adam_lr5e-4", "mynet/nope"], 1)
 
 
@@ -238,3 +240,29 @@ def test_the_parallel_progress_bar_counts_runs_when_asked(monkeypatch, progress,
     ae_cli._train_in_parallel(list(FINISHED), "R", "D", jobs, False, "cpu", progress, launch=launch)
     ae_cli._train_in_parallel([], "R", "D", jobs, False, "cpu", progress, launch=launch)
     assert bars == [(progress, f"runs ({jobs} at a time)"), (False, f"runs ({jobs} at a time)")]
+
+
+def test_runs_one_at_a_time_get_the_loaded_data_and_every_option_then_a_summary(tmp_path, monkeypatch):
+    data, calls = object(), []
+    monkeypatch.setattr(ah, "load_mnist", lambda root: data if root == tmp_path / "data" else pytest.fail(str(root)))
+    monkeypatch.setattr(ae_cli, "_train_or_skip", lambda *args: calls.append(args))
+    monkeypatch.setattr(ae_cli, "write_summaries", lambda *args: calls.append(args))
+    ae_cli.run_experiments(list(FINISHED), root=tmp_path, force=True)  # progress defaults to True
+    assert calls == [
+        (FINISHED[0], "[1/2]", tmp_path, data, False, True, "auto", True),
+        (FINISHED[1], "[2/2]", tmp_path, data, False, True, "auto", True),
+        (tmp_path, data),
+    ]
+
+
+def test_the_parallel_runner_skips_finished_runs_of_their_own_config_in_the_order_asked(tmp_path, monkeypatch, capsys):
+    _copy_finished(tmp_path)
+    copy_finished_run("mynet/adam_lr5e-4", tmp_path, as_name="mynet/adam_lr5e-4_seed1")  # another config's files
+    launched = []
+    monkeypatch.setattr(ah, "load_mnist", lambda root: None)
+    monkeypatch.setattr(ae_cli, "_train_in_parallel", lambda names, *rest: launched.append(names))
+    monkeypatch.setattr(ae_cli, "write_summaries", lambda root, data: None)
+    names = ["mynet/adam_lr5e-4_seed1", *reversed(FINISHED)]
+    ae_cli.run_experiments(names, root=tmp_path, jobs=2, progress=False)
+    assert launched == [["mynet/adam_lr5e-4_seed1"]]
+    assert capsys.readouterr().out.splitlines() == [f"{name}: finished, skipped" for name in reversed(FINISHED)]
