@@ -179,6 +179,7 @@ def test_summaries_list_each_finished_run_with_its_metrics_and_the_pca_baseline(
     assert all(rows[0][c] == str(metrics[c]) for c in ae_cli.SUMMARY_COLUMNS if c not in ("run", "epochs"))
     assert not (tmp_path / "mynet").exists()  # no finished run there: no summary
     ae_cli.write_summaries(tmp_path, mnist)
+    assert b"\r" not in (tmp_path / "default_layers/summary.csv").read_bytes()  # Unix line ends, as git keeps it
     rows = list(csv.DictReader(io.StringIO((tmp_path / "default_layers/summary.csv").read_text())))
     assert [row["run"] for row in rows] == ["adam_lr5e-4", "PCA-2 baseline"]
     assert (rows[1]["test_mse"], rows[1]["knn5_accuracy"], rows[1]["epochs"]) == ("0.5", "0.4", "")
