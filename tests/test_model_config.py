@@ -198,8 +198,8 @@ def test_the_input_size_is_part_of_the_config_and_rebuilds_the_model(tmp_path):
     config = ah.RunConfig(layer_sizes=(8, 2), input_dim=100, epochs=1)
     model = ah.build_model(config)
     history = {column: [1] for column in ah.HISTORY_COLUMNS}
-    ah.save_run(ah.Run(config, model, history, {"test_mse": 1.0}, None, tmp_path / "run"))
-    loaded = ah.load_run(tmp_path / "run")
+    ah.save_run(ah.Run(config, model, history, {"test_mse": 1.0}, None, tmp_path / "runs/run"))  # parent made too
+    loaded = ah.load_run(tmp_path / "runs/run")
     assert loaded.config.input_dim == 100
     assert loaded.model.input_dim == 100
     x = torch.randn(3, 100)

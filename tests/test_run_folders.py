@@ -26,8 +26,8 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_temporary_one(tmp_path):
 
 
 def test_json_is_indented_and_ends_with_a_newline(tmp_path):
-    ah.write_json(tmp_path / "a.json", {"b": [1, 2]}, sort_keys=True)
-    assert (tmp_path / "a.json").read_text() == '{\n  "b": [\n    1,\n    2\n  ]\n}\n'
+    ah.write_json(tmp_path / "a.json", {"b": [1, 2], "a": 0}, sort_keys=True)  # options reach json.dumps
+    assert (tmp_path / "a.json").read_text() == '{\n  "a": 0,\n  "b": [\n    1,\n    2\n  ]\n}\n'
 
 
 @pytest.mark.parametrize("missing", ["metrics.json", "config.json", "history.csv"])
