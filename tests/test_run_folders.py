@@ -1,6 +1,9 @@
 """Run folders (ae_helpers.py): written atomically, recognised as finished only when whole, loaded safely."""
 
+import io
 import json
+import re
+import zipfile
 
 import pytest
 import torch
@@ -61,3 +64,48 @@ def test_a_file_that_is_not_a_state_dict_of_tensors_is_refused(tmp_path, saved):
     torch.save(saved, tmp_path / "model.pt")
     with pytest.raises(ValueError, match="model.pt is not a state dict of tensors; retrain the run"):
         ah.load_weights(ah.Autoencoder(), tmp_path / "model.pt")
+
+
+def _as_saved_on_a_gpu(state, path):
+    """torch.save(state) as a GPU machine writes it: each tensor's storage located on "cuda:0"."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with zipfile.ZipFile(buffer) as source, zipfile.ZipFile(path, "w") as target:
+        for name in source.namelist():
+            data = source.read(name)
+            if name.endswith("/data.pkl"):  # pickled location strings: length (4 bytes) + text
+                data = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+            target.writestr(name, data)
+
+
+def test_weights_saved_on_a_gpu_load_on_a_machine_without_one(tmp_path):
+    state = torch.load(RUN / "model.pt", weights_only=True)
+    _as_saved_on_a_gpu(state, tmp_path / "model.pt")
+    with pytest.raises(RuntimeError, match="CUDA"):  # the file really holds GPU tensors; tests see no GPU
+        torch.load(tmp_path / "model.pt", weights_only=True)
+    model = ah.load_weights(ah.Autoencoder(), tmp_path / "model.pt")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_get_run_hands_its_choices_to_load_or_train(tmp_path, monkeypatch, quick):
+    calls, name, data = [], "mynet/adam_lr5e-4", object()
+    monkeypatch.setattr(ah, "QUICK", quick)
+    monkeypatch.setattr(ah, "_QUICK_ROOT", tmp_path / "quick")
+    monkeypatch.setattr(ah, "load_or_train", lambda *args: calls.append(args))
+    config = ah.quick_config(ah.EXPERIMENTS[name])  # the config itself outside quick mode
+    run_dir = tmp_path / "quick/mynet_adam_lr5e-4" if quick else tmp_path / name
+    ah.get_run(name, data, root=tmp_path)  # defaults: the module's RETRAIN (False), no weights needed, progress
+    ah.get_run(name, data, retrain=True, need_model=True, progress=False, root=tmp_path)
+    monkeypatch.setattr(ah, "RETRAIN", True)
+    ah.get_run(name, data, retrain=False, root=tmp_path)
+    ah.get_run(name, data, root=tmp_path)
+    assert calls == [
+        (config, run_dir, data, False, False, True),
+        (config, run_dir, data, True, True, False),
+        (config, run_dir, data, False, False, True),
+        (config, run_dir, data, True, False, True),
+    ]
+    choices = ", ".join(ah.EXPERIMENTS)
+    with pytest.raises(ValueError, match=re.escape(f"no saved run named 'mynet/nope'; choose one of: {choices}.")):
+        ah.get_run("mynet/nope", data, root=tmp_path)

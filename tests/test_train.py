@@ -181,6 +181,7 @@ def test_quick_mode_keeps_a_smaller_subset_and_a_batch_that_fits_it(monkeypatch)
     monkeypatch.setattr(ah, "QUICK", True)
     quick = ah.quick_config(ah.RunConfig(train_subset=500, batch_size=1000, track_every=10, epochs=150))
     assert (quick.epochs, quick.train_subset, quick.batch_size, quick.track_every) == (1, 500, 500, 1)
+    assert ah.quick_config(ah.RunConfig(train_subset=5000)).train_subset == 2000  # a larger one is cut
 
 
 def test_quick_mode_makes_one_temporary_folder_per_session(monkeypatch):
