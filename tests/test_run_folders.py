@@ -109,3 +109,35 @@ def test_get_run_hands_its_choices_to_load_or_train(tmp_path, monkeypatch, quick
     choices = ", ".join(ah.EXPERIMENTS)
     with pytest.raises(ValueError, match=re.escape(f"no saved run named 'mynet/nope'; choose one of: {choices}.")):
         ah.get_run("mynet/nope", data, root=tmp_path)
+
+
+def _error(call) -> Exception:
+    try:
+        call()
+    except Exception as exc:
+        return exc
+    pytest.fail(f"{call} raised nothing")
+
+
+def test_load_errors_quote_their_cause_and_say_what_to_do(tmp_path):
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    cause = _error(lambda: torch.load(tmp_path / "notes.pt", map_location="cpu", weights_only=True))
+    first = str(cause).splitlines()[0]
+    assert len(first) > 160  # torch's first line is cut at 160 characters
+    assert str(_error(lambda: ah.load_weights(ah.Autoencoder(), tmp_path / "notes.pt"))) == (
+        f"{tmp_path / 'notes.pt'} is not a weights file saved by this project ({type(cause).__name__}: "
+        f"{first[:160]}). Retrain the run or restore the file."
+    )
+    for state in (ah.Autoencoder((500, 200, 2)).state_dict(), {}):  # {}: every key missing, a long line
+        torch.save(state, tmp_path / "model.pt")
+        detail = str(_error(lambda s=state: ah.Autoencoder().load_state_dict(s))).splitlines()[1].strip()
+        assert str(_error(lambda: ah.load_weights(ah.Autoencoder(), tmp_path / "model.pt"))) == (
+            f"{tmp_path / 'model.pt'} holds weights of another architecture than 1000-500-250-2 ({detail[:200]}). "
+            "Build the model with the layer_sizes in the run's config.json."
+        )
+    assert len(detail) > 200
+    assert str(_error(lambda: ah.load_run(tmp_path / "run"))) == (
+        f"{tmp_path / 'run'} holds no finished run (metrics.json is missing: the run never started, is still "
+        "training or was interrupted). Train it: `python ae_cli.py experiments --only ...` resumes it, or "
+        "train(config, run_dir=...)."
+    )
