@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import ae_helpers as ah
-from support import ROOT
+from support import ROOT, copy_finished_run
 
 
 def test_same_seed_same_losses_other_seed_other_losses(mnist, small_config):
@@ -165,6 +165,17 @@ def test_loading_never_runs_pickled_code(tmp_path):
         pickle.dump({"encoder.0.weight": _Exploit(marker)}, f)
     with pytest.raises(ValueError, match="not a weights file"):
         ah.load_weights(ah.Autoencoder(), tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_a_runs_tracking_file_never_runs_pickled_code(tmp_path):
+    run_dir = copy_finished_run("mynet/adam_lr5e-4", tmp_path)  # no weights, no tracking.pt
+    assert ah.load_run(run_dir).tracking is None
+    marker = tmp_path / "pwned"
+    with open(run_dir / "tracking.pt", "wb") as f:
+        pickle.dump({"epochs": _Exploit(marker)}, f, protocol=2)  # the protocol torch.save uses
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        ah.load_run(run_dir)
     assert not marker.exists()
 
 
