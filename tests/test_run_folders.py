@@ -141,3 +141,15 @@ def test_load_errors_quote_their_cause_and_say_what_to_do(tmp_path):
         "training or was interrupted). Train it: `python ae_cli.py experiments --only ...` resumes it, or "
         "train(config, run_dir=...)."
     )
+
+
+def test_load_or_train_trains_a_missing_run_with_the_data_and_progress_given(tmp_path, monkeypatch, capsys):
+    calls, data, config = [], object(), ah.RunConfig()
+    monkeypatch.setattr(ah, "train", lambda *args, **options: calls.append((args, options)))
+    ah.load_or_train(config, tmp_path / "run", data)
+    ah.load_or_train(config, tmp_path / "run", data, progress=False)
+    assert calls == [
+        ((config, data), dict(run_dir=tmp_path / "run", progress=True)),
+        ((config, data), dict(run_dir=tmp_path / "run", progress=False)),
+    ]
+    assert capsys.readouterr().out == ""  # a missing run was not "trained with another config"
