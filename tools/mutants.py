@@ -121,12 +121,26 @@ def run(max_children, only=(), chunk=4) -> int:
             tested = core_functions()  # the source mutmut copies now
             code = _mutmut(max_children, [f"{f}__mutmut_*" for f in part])
             if code:
+                code = _without_mutants(max_children, part)
+            if code:
                 return code  # interrupted or failed: mutants/ may hold older results for these functions
             _write(RUNNING, json.dumps(part))  # only these functions' results in mutants/ are from this run
             _write(LEDGER, json.dumps(update_ledger(load_ledger(), tested), indent=1, ensure_ascii=False) + "\n")
     if not todo:
         print("every core function is tested (mutation/results.json); nothing to run")
     return 0
+
+
+def _without_mutants(max_children, part) -> int:
+    """After mutmut failed on ``part``: when some of its functions have no mutants (mutmut 3 does not mutate
+    decorated functions, @property or @torch.no_grad(), and some have nothing to change), which makes mutmut
+    refuse a pattern that matches nothing, run the rest again; those count as finished with no mutants."""
+    made = {_function(m) for m in results()}  # mutmut wrote every mutant's name before it failed
+    empty, rest = [f for f in part if f not in made], [f for f in part if f in made]
+    if not empty:
+        return 1
+    print(f"--- no mutants: {', '.join(empty)}", flush=True)
+    return _mutmut(max_children, [f"{f}__mutmut_*" for f in rest]) if rest else 0
 
 
 def _mutmut(max_children, names) -> int:
@@ -196,7 +210,18 @@ def summary(ledger) -> str:
     for section in sorted(counts):
         total += counts[section]
         lines.append(_row(section, counts[section]))
-    lines += [_row("**all core**", total), "", *_not_mutated(), "", "## Survivors", ""]
+    tested = {_function(m) for m in ledger["mutants"]}
+    empty = sorted(f for f, (_, digest) in functions.items() if ledger["done"].get(f) == digest and f not in tested)
+    lines += [_row("**all core**", total), "", *_not_mutated(), ""]
+    if empty:
+        lines += [
+            f"No mutants ({len(empty)} finished functions): mutmut 3 does not mutate decorated functions "
+            "(@property, @torch.no_grad(), @contextmanager), and a few have nothing to change: "
+            + ", ".join(f"`{f}`" for f in empty)
+            + ".",
+            "",
+        ]
+    lines += ["## Survivors", ""]
     lines += [f"- `{m}` ({section}): {explained.get(m, 'not explained yet')}" for section, m in survivors]
     return "\n".join(lines) + "\n"
 
