@@ -373,13 +373,13 @@ def _loss_fn(name):
     return F.mse_loss if name == "mse" else F.l1_loss
 
 
-@torch.no_grad()
 def evaluate_loss(model, images, loss="mse", batch_size=10000) -> float:
     """Mean per-pixel loss of ``model`` on ``images`` (N, 784), in the data's units."""
     fn, total = _loss_fn(loss), 0.0
-    for i in range(0, len(images), batch_size):
-        batch = images[i : i + batch_size]
-        total = total + fn(model(batch), batch, reduction="sum")
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            batch = images[i : i + batch_size]
+            total = total + fn(model(batch), batch, reduction="sum")
     return float(total) / images.numel()
 
 
@@ -454,9 +454,9 @@ class WeightAverage:
         self.model = copy.deepcopy(model).eval()
         self.model.requires_grad_(False)
 
-    @torch.no_grad()
     def update(self, model):
-        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - self.decay)
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - self.decay)
 
 
 @dataclass
@@ -960,23 +960,22 @@ def load_or_train(config: RunConfig, run_dir, data=None, retrain=False, need_mod
 # ----------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def encode(model, images, batch_size=10000) -> torch.Tensor:
     """(N, 784) images -> (N, latent_dim) codes, on the CPU."""
     device = model_device(model)
-    return torch.cat(
-        [model.encode(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
-    )
+    with torch.no_grad():
+        batches = (images[i : i + batch_size].to(device) for i in range(0, len(images), batch_size))
+        return torch.cat([model.encode(batch).float().cpu() for batch in batches])
 
 
-@torch.no_grad()
 def decode_to_pixels(model, codes, data: MNIST | None = None) -> torch.Tensor:
     """(N, latent_dim) codes -> (N, 784) images in pixel units, clipped to [0, 1], on the CPU.
 
     ``data`` gives the normalization to undo (None: the model works in pixel units).
     """
     codes = torch.as_tensor(codes, dtype=torch.float32, device=model_device(model))
-    return pixel_values(model.decode(codes).float().cpu(), data)
+    with torch.no_grad():
+        return pixel_values(model.decode(codes).float().cpu(), data)
 
 
 def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k=5, chunk=1000) -> float:
@@ -1081,16 +1080,16 @@ def measure_run(model, data: MNIST, train_idx, val_idx) -> dict:
     return out
 
 
-@torch.no_grad()
 def _codes_and_mse(model, images, batch_size=10000):
     """(N, latent_dim) codes on the CPU and the mean per-pixel MSE, from one pass of the encoder."""
     device = model_device(model)
     codes, total = [], 0.0
-    for i in range(0, len(images), batch_size):
-        batch = images[i : i + batch_size].to(device)
-        batch_codes = model.encode(batch)
-        total = total + F.mse_loss(model.decode(batch_codes), batch, reduction="sum")
-        codes.append(batch_codes.float().cpu())
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            batch = images[i : i + batch_size].to(device)
+            batch_codes = model.encode(batch)
+            total = total + F.mse_loss(model.decode(batch_codes), batch, reduction="sum")
+            codes.append(batch_codes.float().cpu())
     if not codes:
         return torch.empty(0, model.latent_dim), math.nan
     return torch.cat(codes), float(total) / images.numel()

@@ -84,6 +84,26 @@ def test_knn_accuracy_separated_and_random():
     assert ah.knn_accuracy(codes, shuffled, codes, labels) < 0.3
 
 
+def test_evaluation_in_batches_matches_one_pass_and_builds_no_graph():
+    torch.manual_seed(0)
+    model = ah.Autoencoder(layer_sizes=(16, 2), input_dim=12)
+    images = torch.randn(25, 12)  # 25 = 3 batches of 7 and one of 4
+    with torch.no_grad():
+        codes, recon = model.encode(images), model(images)
+    out = ah.encode(model, images, batch_size=7)
+    assert torch.allclose(out, codes, atol=1e-6) and not out.requires_grad
+    both_codes, mse = ah._codes_and_mse(model, images, batch_size=7)
+    assert torch.allclose(both_codes, codes, atol=1e-6) and not both_codes.requires_grad
+    assert mse == pytest.approx(float(((recon - images) ** 2).mean()), rel=1e-5)
+    assert ah.evaluate_loss(model, images, batch_size=7) == pytest.approx(mse, rel=1e-5)
+    l1 = float((recon - images).abs().mean())
+    assert ah.evaluate_loss(model, images, loss="l1", batch_size=7) == pytest.approx(l1, rel=1e-5)
+    pixels = ah.decode_to_pixels(model, codes.tolist())
+    assert torch.allclose(pixels, recon.clamp(0, 1), atol=1e-6) and not pixels.requires_grad
+    empty_codes, empty_mse = ah._codes_and_mse(model, images[:0])
+    assert empty_codes.shape == (0, 2) and np.isnan(empty_mse)
+
+
 def test_pca2_baseline_on_real_mnist(mnist):
     # PCA-2 fitted on the 55,000 training images: test MSE 0.5864 and 5-NN accuracy 0.424 (the last row of
     # default_layers/summary.md, quoted in the README).

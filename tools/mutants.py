@@ -133,7 +133,7 @@ def run(max_children, only=(), chunk=4) -> int:
 
 def _without_mutants(max_children, part) -> int:
     """After mutmut failed on ``part``: when some of its functions have no mutants (mutmut 3 does not mutate
-    decorated functions, @property or @torch.no_grad(), and some have nothing to change), which makes mutmut
+    decorated functions, @property or @contextmanager, and some have nothing to change), which makes mutmut
     refuse a pattern that matches nothing, run the rest again; those count as finished with no mutants."""
     made = {_function(m) for m in results()}  # mutmut wrote every mutant's name before it failed
     empty, rest = [f for f in part if f not in made], [f for f in part if f in made]
@@ -216,7 +216,7 @@ def summary(ledger) -> str:
     if empty:
         lines += [
             f"No mutants ({len(empty)} finished functions): mutmut 3 does not mutate decorated functions "
-            "(@property, @torch.no_grad(), @contextmanager), and a few have nothing to change: "
+            "(@property, @contextmanager), and a few have nothing to change: "
             + ", ".join(f"`{f}`" for f in empty)
             + ".",
             "",
