@@ -104,6 +104,34 @@ def test_evaluation_in_batches_matches_one_pass_and_builds_no_graph():
     assert empty_codes.shape == (0, 2) and np.isnan(empty_mse)
 
 
+class _WeightsElsewhere(torch.nn.Module):
+    """A stand-in model whose weights sit on another device (meta): it records where its inputs were sent."""
+
+    latent_dim = 2
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.empty(1, device="meta"))
+        self.seen = []
+
+    def encode(self, x):
+        self.seen.append((x.device.type, x.dtype))
+        return torch.zeros(len(x), 2)
+
+    def decode(self, z):
+        self.seen.append((z.device.type, z.dtype))
+        return torch.zeros(len(z), 784)
+
+
+def test_evaluation_sends_images_and_codes_to_the_models_device_as_float32():
+    model = _WeightsElsewhere()
+    assert ah.encode(model, torch.rand(5, 784), batch_size=2).shape == (5, 2)
+    assert model.seen == [("meta", torch.float32)] * 3
+    model.seen.clear()
+    assert ah.decode_to_pixels(model, np.zeros((3, 2))).shape == (3, 784)  # float64 codes, from numpy
+    assert model.seen == [("meta", torch.float32)]
+
+
 def test_pca2_baseline_on_real_mnist(mnist):
     # PCA-2 fitted on the 55,000 training images: test MSE 0.5864 and 5-NN accuracy 0.424 (the last row of
     # default_layers/summary.md, quoted in the README).
