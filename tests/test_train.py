@@ -4,6 +4,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +38,30 @@ def test_training_reduces_loss_and_keeps_best_validation_weights(mnist, small_co
     assert 0 < run.metrics["knn5_accuracy"] <= 1
 
 
+def test_a_runs_times_add_up_within_the_call_and_give_its_throughput(mnist, small_config):
+    start = time.perf_counter()
+    run = ah.train(small_config, mnist, progress=False)
+    elapsed = time.perf_counter() - start
+    seconds, metrics = run.history["seconds"], run.metrics
+    assert all(s > 0 for s in seconds) and sum(seconds) < elapsed
+    assert metrics["seconds"] == round(sum(seconds), 1)  # metrics.json keeps 0.1 s and 0.01 s
+    assert 0 < metrics["train_seconds"] <= sum(seconds) + 0.005
+    assert metrics["train_seconds"] == round(metrics["train_seconds"], 2)
+    images_seen = small_config.train_subset * small_config.epochs
+    assert metrics["samples_per_second"] == pytest.approx(images_seen / metrics["train_seconds"], rel=0.01)
+
+
+def test_the_progress_bar_and_the_tracked_epochs_follow_the_run(mnist, small_config, capsys):
+    run = ah.train(small_config.replace(track_every=2), mnist, progress=True)
+    shown, h = capsys.readouterr().err, run.history
+    assert f"64-2 relu adam lr={small_config.lr:g} bs=100" in shown and "3/3" in shown and "epoch/s" in shown
+    assert shown.endswith("\n")  # the finished bar stays on screen
+    assert f"train={h['train_loss'][-1]:.4f}, val={h['val_loss'][-1]:.4f}" in shown
+    assert run.tracking["epochs"] == [0, 2, 3]  # the start, every 2nd epoch and the last
+    assert run.tracking["test"].shape == run.tracking["train"].shape == (3, 10, 784)
+    assert not run.metrics["diverged"]
+
+
 def _scripted_validation(monkeypatch, val_losses, val_size):
     """The validation loss that training sees, epoch by epoch (the weights and all else are real)."""
     real, script = ah.evaluate_loss, list(val_losses)
@@ -51,12 +76,12 @@ def _scripted_validation(monkeypatch, val_losses, val_size):
 
 def test_when_validation_loss_rises_the_best_epochs_weights_are_kept_not_the_last(mnist, small_config, monkeypatch):
     config = ah.RunConfig(**{**small_config.to_dict(), "epochs": 4})
-    _scripted_validation(monkeypatch, [0.9, 0.5, 0.7, 0.8], config.val_size)
+    _scripted_validation(monkeypatch, [0.9, 0.5, 0.5, 0.8], config.val_size)  # a tie keeps the earlier epoch
     run = ah.train(config, mnist, progress=False)
     _scripted_validation(monkeypatch, [0.9, 0.5], config.val_size)
     two_epochs = ah.train(ah.RunConfig(**{**config.to_dict(), "epochs": 2}), mnist, progress=False)
     assert run.metrics["best_epoch"] == 2
-    assert run.history["val_loss"] == [0.9, 0.5, 0.7, 0.8]
+    assert run.history["val_loss"] == [0.9, 0.5, 0.5, 0.8]
     for name, weights in run.model.state_dict().items():
         assert torch.equal(weights, two_epochs.model.state_dict()[name]), name
 
@@ -107,7 +132,20 @@ def test_divergence_stops_warns_keeps_best_weights_and_plots_finite_part(mnist, 
         assert all(math.isfinite(y) for y in line.get_ydata())
 
 
-SLOW_RUN = dict(layer_sizes=[256, 2], epochs=6, train_subset=20000, batch_size=32, track_every=2)
+def test_a_run_that_diverges_in_its_first_epoch_keeps_and_saves_its_initial_weights(mnist, small_config, tmp_path):
+    config = ah.RunConfig(**{**small_config.to_dict(), "optimizer": "sgd_momentum", "lr": 1e3})
+    with pytest.warns(RuntimeWarning, match="diverged at epoch 1"):
+        run = ah.train(config, mnist, run_dir=tmp_path, progress=False)
+    torch.manual_seed(config.seed)
+    initial = ah.build_model(config).state_dict()
+    assert run.metrics["best_epoch"] == 0 and run.metrics["diverged"] and run.metrics["epochs_run"] == 1
+    assert all(torch.equal(w, initial[name]) for name, w in run.model.state_dict().items())
+    assert ah.run_is_complete(tmp_path, config) and not (tmp_path / "checkpoint.pt").exists()
+    saved = ah.load_run(tmp_path, require_model=True)
+    assert all(torch.equal(w, initial[name]) for name, w in saved.model.state_dict().items())
+
+
+SLOW_RUN = dict(layer_sizes=[256, 2], epochs=4, train_subset=20000, batch_size=32, track_every=2)
 
 
 def test_killed_run_is_not_finished_and_resumes_to_the_same_result(mnist, tmp_path):
@@ -140,6 +178,10 @@ def test_killed_run_is_not_finished_and_resumes_to_the_same_result(mnist, tmp_pa
         torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(), straight.model.state_dict().values())
     )
     assert ah.run_is_complete(run_dir, config)
+    images_resumed = SLOW_RUN["train_subset"] * (SLOW_RUN["epochs"] - done_epochs)  # this call's epochs only
+    assert resumed.metrics["samples_per_second"] == pytest.approx(
+        images_resumed / resumed.metrics["train_seconds"], rel=0.01
+    )
 
 
 def test_weights_of_another_architecture_or_not_a_checkpoint(tmp_path):
@@ -248,8 +290,8 @@ def test_weight_average_is_an_exponential_moving_average():
         assert not a.requires_grad
 
 
-def _interrupted_then_resumed(config, mnist, run_dir, monkeypatch):
-    """Train ``config`` into ``run_dir``, interrupted in its third epoch; resume; return the resumed run."""
+def _interrupt(config, mnist, run_dir, monkeypatch):
+    """Train ``config`` into ``run_dir``, interrupted in its third epoch: a checkpoint of two epochs is left."""
     real_epoch, calls = ah.train_epoch, []
 
     def interrupted(*args, **kwargs):
@@ -262,7 +304,39 @@ def _interrupted_then_resumed(config, mnist, run_dir, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         ah.train(config, mnist, run_dir=run_dir, progress=False)
     monkeypatch.setattr(ah, "train_epoch", real_epoch)
+
+
+def _interrupted_then_resumed(config, mnist, run_dir, monkeypatch):
+    """Train ``config`` into ``run_dir``, interrupted in its third epoch; resume; return the resumed run."""
+    _interrupt(config, mnist, run_dir, monkeypatch)
     return ah.train(config, mnist, run_dir=run_dir, progress=False)
+
+
+def test_a_checkpoint_is_resumed_unless_asked_not_to_and_never_runs_pickled_code(
+    mnist, small_config, tmp_path, monkeypatch
+):
+    run_dir = tmp_path / "runs" / "interrupted"  # its parent folder does not exist yet either
+    _interrupt(small_config, mnist, run_dir, monkeypatch)
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 2
+    checkpoint["history"]["train_loss"][0] = 123.0  # marks what was resumed, not trained again
+    torch.save(checkpoint, run_dir / "checkpoint.pt")
+    fresh_dir = tmp_path / "fresh"
+    shutil.copytree(run_dir, fresh_dir)
+
+    resumed = ah.train(small_config, mnist, run_dir=run_dir, progress=False)
+    fresh = ah.train(small_config, mnist, run_dir=fresh_dir, progress=False, resume=False)
+    assert resumed.history["train_loss"][0] == 123.0 and len(resumed.history["epoch"]) == 3
+    assert fresh.history["train_loss"][0] != 123.0 and len(fresh.history["epoch"]) == 3
+    assert resumed.history["train_loss"][1:] == fresh.history["train_loss"][1:]
+    assert not (run_dir / "checkpoint.pt").exists() and not (fresh_dir / "checkpoint.pt").exists()
+
+    marker = tmp_path / "pwned"
+    with open(run_dir / "checkpoint.pt", "wb") as f:
+        pickle.dump({"config": _Exploit(marker)}, f, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        ah.train(small_config, mnist, run_dir=run_dir, progress=False)
+    assert not marker.exists()
 
 
 def test_averaged_weights_are_the_ones_evaluated_kept_and_resumed(mnist, small_config, tmp_path, monkeypatch):
