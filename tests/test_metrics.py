@@ -39,9 +39,11 @@ def test_silhouette_with_missing_digits_and_clusters_of_one_and_two_codes():
     )
 
 
-def test_a_silhouette_of_one_digit_is_refused():
+def test_a_silhouette_of_one_digit_is_refused_and_of_two_computed():
     with pytest.raises(ValueError, match="at least 2 digits; got digits \\[4\\]"):
         ah.silhouette_score(torch.randn(20, 2), torch.full((20,), 4))
+    codes, labels = torch.tensor([[0.0, 0.0], [3.0, 0.0], [4.0, 0.0]]), torch.tensor([1, 6, 6])  # one code of a 1
+    assert ah.silhouette_score(codes, labels) == pytest.approx(_brute_silhouette(codes.numpy(), labels.numpy()))
 
 
 def _brute_knn(train, train_labels, test, k):

@@ -1,6 +1,7 @@
 """The model's shape and the config's validation."""
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -189,9 +190,29 @@ def test_each_optimizer_name_builds_that_optimizer(name):
         assert optimizer.defaults["momentum"] == 0.7
 
 
-def test_device_names_say_which_device_ran():
-    assert ah.device_name("cpu").startswith("cpu (")
+def test_device_names_say_which_device_ran(monkeypatch):
+    assert ah.device_name("cpu") == f"cpu ({torch.get_num_threads()} threads)"
     assert ah.device_name("mps") == "mps (Apple GPU)"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: f"the GPU of {device}")
+    assert ah.device_name("cuda:1") == "the GPU of cuda:1"
+
+
+@pytest.mark.parametrize("cuda, mps, auto", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_auto_means_cuda_then_mps_then_the_cpu_and_each_is_refused_where_missing(monkeypatch, cuda, mps, auto):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(ah, "_mps_available", lambda: mps)
+    assert ah.resolve_device() == ah.resolve_device("auto") == torch.device(auto)
+    for name, present in (("cuda", cuda), ("mps", mps)):
+        if present:
+            assert ah.resolve_device(name) == torch.device(name)
+        else:
+            message = f"device '{name}' requested but {name.upper()} is not available here; use 'cpu' or 'auto'."
+            with pytest.raises(ValueError, match=re.escape(message)):
+                ah.resolve_device(name)
+    with pytest.raises(ValueError, match=re.escape("device 'meta' is not supported; choose 'auto', 'cpu', 'cuda'")):
+        ah.resolve_device("meta")
+    with pytest.raises(ValueError, match=re.escape("unknown device 3.5; choose 'auto', 'cpu', 'cuda' or 'mps'.")):
+        ah.resolve_device(3.5)
 
 
 def test_the_input_size_is_part_of_the_config_and_rebuilds_the_model(tmp_path):
