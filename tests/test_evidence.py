@@ -131,10 +131,23 @@ def test_per_digit_latent_finds_the_collapsed_digit():
     directions = torch.stack([torch.cos(torch.arange(10) * 0.6), torch.sin(torch.arange(10) * 0.6)], 1)
     radius = torch.where(labels == 3, 0.05, 5.0)
     codes = directions[labels] * radius[:, None] * (1 + torch.rand(1000, generator=gen))[:, None]
+    codes += torch.tensor([20.0, -30.0])  # the centre is the codes' median, wherever the plane lies
     stats = ah.per_digit_latent(codes, labels, codes + 1e-4, labels)
     assert int(np.argmin(stats["median_distance"])) == 3
     assert stats["median_distance"][3] < 0.2 < 4 < min(d for i, d in enumerate(stats["median_distance"]) if i != 3)
     assert stats["knn5_accuracy"] == [1.0] * 10
+
+
+def test_per_digit_latent_votes_with_its_k():
+    gen = torch.Generator().manual_seed(1)
+    train, test = torch.randn(300, 2, generator=gen), torch.randn(200, 2, generator=gen)
+    train_labels, test_labels = torch.randint(0, 10, (300,), generator=gen), torch.randint(0, 10, (200,), generator=gen)
+    for k in (1, 3):
+        stats = ah.per_digit_latent(train, train_labels, test, test_labels, k=k)
+        mine = [test_labels == digit for digit in range(10)]
+        assert stats[f"knn{k}_accuracy"] == [
+            ah.knn_accuracy(train, train_labels, test[m], test_labels[m], k) for m in mine
+        ]
 
 
 def test_latent_scatter_mixes_the_digits_and_the_centre_panel_holds_the_dense_centre():
@@ -176,17 +189,18 @@ def test_per_digit_by_split_scores_validation_and_test_codes_against_the_trainin
     model = ah.Autoencoder(ah.MYNET_LAYERS)  # untrained: any encoder will do
     train_idx, val_idx = ah.split_indices(len(mnist.train_images), 500)
     train_idx = train_idx[:2000]
-    per_digit = ah.per_digit_by_split(model, mnist, train_idx, val_idx)
+    per_digit = ah.per_digit_by_split(model, mnist, train_idx, val_idx, k=3)
     train_codes = ah.encode(model, mnist.train_images[train_idx])
     for split, images, labels in (
         ("validation", mnist.train_images[val_idx], mnist.train_labels[val_idx]),
         ("test", mnist.test_images, mnist.test_labels),
     ):
-        direct = ah.per_digit_latent(train_codes, mnist.train_labels[train_idx], ah.encode(model, images), labels)
+        direct = ah.per_digit_latent(train_codes, mnist.train_labels[train_idx], ah.encode(model, images), labels, 3)
         assert per_digit[split] == direct
-    rows = ah.digit_rows(per_digit)
-    assert list(rows.values()) == [
-        per_digit["test"]["median_distance"],
-        per_digit["validation"]["knn5_accuracy"],
-        per_digit["test"]["knn5_accuracy"],
-    ]
+    rows = ah.digit_rows(per_digit, k=3)
+    assert rows == {
+        "median distance from the centre (test codes)": per_digit["test"]["median_distance"],
+        "3-NN accuracy, validation codes": per_digit["validation"]["knn3_accuracy"],
+        "3-NN accuracy, test codes": per_digit["test"]["knn3_accuracy"],
+    }
+    assert "5-NN accuracy, test codes" in ah.digit_rows(ah.per_digit_by_split(model, mnist, train_idx, val_idx))
