@@ -134,6 +134,17 @@ def test_evaluation_sends_images_and_codes_to_the_models_device_as_float32():
     assert model.seen == [("meta", torch.float32)]
 
 
+def test_pca2_reconstructs_images_that_lie_on_a_plane_exactly():
+    gen = torch.Generator().manual_seed(0)
+    mean, plane = torch.rand(784, generator=gen), torch.linalg.qr(torch.randn(784, 2, generator=gen))[0]
+    images = mean + (torch.randn(300, 2, generator=gen) * torch.tensor([3.0, 1.0])) @ plane.T
+    pca = ah.PCA2(images)
+    assert torch.allclose(pca(images), images, atol=1e-4)
+    assert ah.evaluate_loss(pca, images) < 1e-8
+    codes = ah.encode(pca, images)
+    assert codes.shape == (300, 2) and codes[:, 0].var() > codes[:, 1].var()  # the larger component first
+
+
 def test_pca2_baseline_on_real_mnist(mnist):
     # PCA-2 fitted on the 55,000 training images: test MSE 0.5864 and 5-NN accuracy 0.424 (the last row of
     # default_layers/summary.md, quoted in the README).
