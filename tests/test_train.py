@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
@@ -50,6 +51,15 @@ def test_a_runs_times_add_up_within_the_call_and_give_its_throughput(mnist, smal
     assert _throughput_is(metrics, small_config.train_subset * small_config.epochs)
 
 
+def test_the_training_time_adds_up_each_epochs_training_part_without_its_evaluation(mnist, small_config, monkeypatch):
+    ticks = iter(range(100))  # a clock that moves 1 s at each reading: each epoch trains 1 s and takes 2 s in all
+    monkeypatch.setattr(ah, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    run = ah.train(small_config, mnist, progress=False)
+    assert run.history["seconds"] == [2.0, 2.0, 2.0]
+    assert (run.metrics["seconds"], run.metrics["train_seconds"]) == (6.0, 3.0)
+    assert run.metrics["samples_per_second"] == small_config.train_subset  # 3 epochs of 2,000 images in 3 s
+
+
 def _throughput_is(metrics, images) -> bool:
     """samples_per_second is ``images`` / train_seconds, taken before train_seconds was rounded to 0.01 s."""
     fastest, slowest = metrics["train_seconds"] - 0.005, metrics["train_seconds"] + 0.005
@@ -57,7 +67,7 @@ def _throughput_is(metrics, images) -> bool:
 
 
 def test_the_progress_bar_and_the_tracked_epochs_follow_the_run(mnist, small_config, capsys):
-    run = ah.train(small_config.replace(track_every=2), mnist, progress=True)
+    run = ah.train(small_config.replace(track_every=2), mnist)  # by default, with a progress bar
     shown, h = capsys.readouterr().err, run.history
     assert f"64-2 relu adam lr={small_config.lr:g} bs=100" in shown and "3/3" in shown and "epoch/s" in shown
     assert shown.endswith("\n")  # the finished bar stays on screen
@@ -65,6 +75,20 @@ def test_the_progress_bar_and_the_tracked_epochs_follow_the_run(mnist, small_con
     assert run.tracking["epochs"] == [0, 2, 3]  # the start, every 2nd epoch and the last
     assert run.tracking["test"].shape == run.tracking["train"].shape == (3, 10, 784)
     assert not run.metrics["diverged"]
+    # what is tracked: the run's reconstructions of one image of each digit, in pixel units
+    train_idx, _ = ah.run_split(small_config, len(mnist.train_images))
+    tracked = {
+        "test": mnist.test_images[ah.tracking_indices(mnist.test_labels)],
+        "train": mnist.train_images[train_idx][ah.tracking_indices(mnist.train_labels[train_idx])],
+    }
+    best = run.tracking["epochs"].index(run.metrics["best_epoch"])
+    torch.manual_seed(small_config.seed)
+    initial = ah.build_model(small_config)  # epoch 0: the seeded, untrained weights
+    with torch.no_grad():
+        for name, images in tracked.items():
+            assert torch.equal(run.tracking[name][0], ah.as_uint8(ah.pixel_values(initial(images), mnist)))
+            assert torch.equal(run.tracking[name][best], ah.as_uint8(ah.pixel_values(run.model(images), mnist)))
+            assert torch.equal(run.tracking[f"{name}_originals"], ah.as_uint8(ah.pixel_values(images, mnist)))
 
 
 def _scripted_validation(monkeypatch, val_losses, val_size):
@@ -348,8 +372,11 @@ def test_averaged_weights_are_the_ones_evaluated_kept_and_resumed(mnist, small_c
     # Same steps as the plain run (same seed), but the losses are the average's.
     assert averaged.history["train_loss"][:3] == plain.history["train_loss"]
     assert averaged.history["val_loss"][:3] != plain.history["val_loss"]
+    val = averaged.history["val_loss"]
+    assert all(later < earlier for earlier, later in zip(val, val[1:]))  # the average learns, epoch by epoch
     best = averaged.metrics["best_epoch"]
     assert averaged.metrics["val_mse"] == pytest.approx(averaged.history["val_loss"][best - 1], rel=1e-4)
+    assert averaged.metrics["test_mse"] == pytest.approx(averaged.history["test_loss"][best - 1], rel=1e-4)
 
     # Interrupted after two epochs, then resumed: the average is restored from the checkpoint.
     resumed = _interrupted_then_resumed(config, mnist, tmp_path / "run", monkeypatch)
@@ -357,6 +384,15 @@ def test_averaged_weights_are_the_ones_evaluated_kept_and_resumed(mnist, small_c
     assert all(
         torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(), averaged.model.state_dict().values())
     )
+
+
+def test_an_l1_run_is_validated_and_tested_in_l1(mnist, small_config):
+    config = small_config.replace(loss="l1", epochs=2)
+    run = ah.train(config, mnist, progress=False)
+    _, val_idx = ah.run_split(config, len(mnist.train_images))
+    best = run.metrics["best_epoch"] - 1
+    for column, images in (("val_loss", mnist.train_images[val_idx]), ("test_loss", mnist.test_images)):
+        assert run.history[column][best] == pytest.approx(ah.evaluate_loss(run.model, images, "l1"), rel=1e-6)
 
 
 def test_denoising_corrupts_the_inputs_only_and_repeats_on_resume(mnist, small_config, tmp_path, monkeypatch):
@@ -411,6 +447,75 @@ def test_an_epoch_takes_only_the_batches_its_order_names():
     assert torch.isfinite(total)
 
 
+def test_mnist_is_loaded_as_the_config_says_only_when_no_data_is_given(mnist, small_config, monkeypatch):
+    loads = []
+    monkeypatch.setattr(ah, "load_mnist", lambda **kwargs: loads.append(kwargs) or mnist)
+    config = small_config.replace(epochs=1)
+    ah.train(config, mnist, progress=False)
+    assert loads == []
+    ah.train(config, progress=False)
+    assert loads == [{"normalize": True}]
+
+
+def test_an_epoch_steps_once_per_batch_the_last_one_short(mnist, small_config, monkeypatch):
+    steps, make = [], ah.make_optimizer
+
+    def counting(model, config):
+        optimizer = make(model, config)
+        optimizer.register_step_post_hook(lambda *args: steps.append(1))
+        return optimizer
+
+    monkeypatch.setattr(ah, "make_optimizer", counting)
+    ah.train(small_config.replace(epochs=2, batch_size=300), mnist, progress=False)
+    assert len(steps) == 2 * 7  # 2,000 images in batches of 300: six full ones and one of 200, each epoch
+
+
+def test_without_a_validation_split_the_lowest_training_loss_keeps_its_weights(mnist, small_config, monkeypatch):
+    real, script = ah.train_epoch, [0.9, 0.5, 0.8]
+
+    def scripted(model, optimizer, images, *args):  # trains for real; reports the scripted mean loss
+        real(model, optimizer, images, *args)
+        return torch.tensor(script.pop(0) * len(images))
+
+    monkeypatch.setattr(ah, "train_epoch", scripted)
+    run = ah.train(small_config.replace(val_size=0), mnist, progress=False)
+    assert run.history["train_loss"] == pytest.approx([0.9, 0.5, 0.8])
+    assert all(math.isnan(loss) for loss in run.history["val_loss"]) and math.isnan(run.metrics["val_mse"])
+    assert run.metrics["best_epoch"] == 2
+    images = mnist.test_images[ah.tracking_indices(mnist.test_labels)]
+    with torch.no_grad():  # the weights kept are epoch 2's: its tracked reconstructions are theirs
+        assert torch.equal(run.tracking["test"][2], ah.as_uint8(ah.pixel_values(run.model(images), mnist)))
+
+
+def test_each_epoch_visits_every_image_once_in_an_order_of_its_own_seed_and_epoch():
+    config = ah.RunConfig(seed=1)
+    orders = {(s, e): ah.epoch_order(config.replace(seed=s), 500, e, "cpu").tolist() for s in (1, 2) for e in (1, 2)}
+    assert all(sorted(order) == list(range(500)) for order in orders.values())
+    assert len({tuple(order) for order in orders.values()}) == 4  # another epoch or seed: another order
+    assert ah.epoch_order(config, 500, 2, "cpu").tolist() == orders[(1, 2)]  # a resumed epoch repeats its order
+    assert ah.epoch_order(config.replace(shuffle=False), 500, 2, "cpu").tolist() == list(range(500))
+    for shuffle in (True, False):  # the order lives where the images do
+        assert ah.epoch_order(config.replace(shuffle=shuffle), 5, 1, "meta").device.type == "meta"
+
+
+def test_a_runs_splits_are_cut_from_its_own_data_and_placed_on_its_device(mnist):
+    data, config = mnist.subset(3000), ah.RunConfig(val_size=500, train_subset=1000)
+    train_idx, val_idx = ah.run_split(config, 3000)
+    splits = ah.place_data(config, data, "cpu")
+    assert torch.equal(splits.train_idx, train_idx) and torch.equal(splits.val_idx, val_idx)
+    assert torch.equal(splits.train, data.train_images[train_idx])
+    assert torch.equal(splits.val, data.train_images[val_idx])
+    assert torch.equal(splits.test, data.test_images)
+    on_meta = ah.place_data(config, data, "meta")  # a stand-in for a GPU: no memory, no accelerator needed
+    placed = [on_meta.train, on_meta.val, on_meta.test, *on_meta.tracked.values()]
+    assert [tensor.device.type for tensor in placed] == ["meta"] * 5
+
+
+def test_the_tracked_images_are_the_first_of_each_digit_in_digit_order():
+    labels = torch.tensor([7, 3, 0, 9, 1, 3, 2, 8, 4, 6, 5, 0, 9])
+    assert ah.tracking_indices(labels).tolist() == [2, 4, 6, 1, 8, 10, 9, 0, 7, 3]
+
+
 def test_the_loop_trains_in_training_mode_and_evaluates_in_eval_mode(mnist, small_config, monkeypatch):
     # Harmless without dropout or batch norm, but it is what Q6.2 teaches: each forward pass in its mode.
     modes = []
@@ -443,6 +548,8 @@ def test_a_runs_metrics_are_measured_on_its_own_split(mnist, small_config):
 def test_a_resumed_cosine_run_continues_its_schedule(mnist, small_config, tmp_path, monkeypatch):
     config = ah.RunConfig(**{**small_config.to_dict(), "schedule": "cosine", "epochs": 3})
     uninterrupted = ah.train(config, mnist, progress=False)
+    cosine = [config.lr * (1 + math.cos(math.pi * epoch / 3)) / 2 for epoch in range(3)]  # from lr towards 0
+    assert uninterrupted.history["lr"] == pytest.approx(cosine)
     run_epoch = ah.run_epoch
 
     def stopped_at_epoch_3(state, config, splits, epoch):
