@@ -84,11 +84,16 @@ def test_the_progress_bar_and_the_tracked_epochs_follow_the_run(mnist, small_con
     best = run.tracking["epochs"].index(run.metrics["best_epoch"])
     torch.manual_seed(small_config.seed)
     initial = ah.build_model(small_config)  # epoch 0: the seeded, untrained weights
+    for name, images in tracked.items():
+        assert torch.equal(run.tracking[name][0], _shown(initial, images, mnist))
+        assert torch.equal(run.tracking[name][best], _shown(run.model, images, mnist))
+        assert torch.equal(run.tracking[f"{name}_originals"], _shown(torch.nn.Identity(), images, mnist))
+
+
+def _shown(model, images, data):
+    """The model's reconstructions of ``images`` as a run tracks them: uint8 pixels."""
     with torch.no_grad():
-        for name, images in tracked.items():
-            assert torch.equal(run.tracking[name][0], ah.as_uint8(ah.pixel_values(initial(images), mnist)))
-            assert torch.equal(run.tracking[name][best], ah.as_uint8(ah.pixel_values(run.model(images), mnist)))
-            assert torch.equal(run.tracking[f"{name}_originals"], ah.as_uint8(ah.pixel_values(images, mnist)))
+        return ah.as_uint8(ah.pixel_values(model(images), data))
 
 
 def _scripted_validation(monkeypatch, val_losses, val_size):
@@ -483,8 +488,7 @@ def test_without_a_validation_split_the_lowest_training_loss_keeps_its_weights(m
     assert all(math.isnan(loss) for loss in run.history["val_loss"]) and math.isnan(run.metrics["val_mse"])
     assert run.metrics["best_epoch"] == 2
     images = mnist.test_images[ah.tracking_indices(mnist.test_labels)]
-    with torch.no_grad():  # the weights kept are epoch 2's: its tracked reconstructions are theirs
-        assert torch.equal(run.tracking["test"][2], ah.as_uint8(ah.pixel_values(run.model(images), mnist)))
+    assert torch.equal(run.tracking["test"][2], _shown(run.model, images, mnist))  # the weights kept: epoch 2's
 
 
 def test_each_epoch_visits_every_image_once_in_an_order_of_its_own_seed_and_epoch():
