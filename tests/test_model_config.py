@@ -2,6 +2,7 @@
 
 import dataclasses
 import re
+import types
 
 import pytest
 import torch
@@ -161,7 +162,9 @@ def test_apple_mps_is_asked_of_torch_and_an_old_torch_without_it_means_none(monk
     assert MPS_AVAILABLE() is True
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert MPS_AVAILABLE() is False
-    monkeypatch.delattr(torch.backends, "mps")
+    # torch.backends imports a missing submodule on first use, so deleting `mps` would not hide it: an old torch
+    # is one whose torch.backends has no `mps` at all
+    monkeypatch.setattr(torch, "backends", types.SimpleNamespace())
     assert MPS_AVAILABLE() is False
 
 
