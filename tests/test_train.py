@@ -146,6 +146,21 @@ def test_a_folder_trained_with_another_config_is_retrained(mnist, small_config, 
     assert missing.model is not None
 
 
+def test_a_finished_folder_trained_again_is_unfinished_until_the_new_run_is(mnist, small_config, tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    ah.train(small_config, mnist, run_dir=folder, progress=False)
+    assert ah.run_is_complete(folder)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt  # the new run is stopped in its first epoch
+
+    monkeypatch.setattr(ah, "run_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ah.train(small_config.replace(lr=1e-3), mnist, run_dir=folder, progress=False)
+    assert not ah.run_is_complete(folder)  # the old run's metrics.json is gone: nothing passes it off as the new one
+    assert not (folder / "metrics.json").exists()
+
+
 def test_divergence_stops_warns_keeps_best_weights_and_plots_finite_part(mnist, small_config):
     config = ah.RunConfig(**{**small_config.to_dict(), "optimizer": "sgd_momentum", "lr": 20.0, "epochs": 6})
     with pytest.warns(RuntimeWarning) as caught:
