@@ -49,6 +49,7 @@ def test_a_runs_times_add_up_within_the_call_and_give_its_throughput(mnist, smal
     assert 0 < metrics["train_seconds"] <= sum(seconds) + 0.005
     assert metrics["train_seconds"] == round(metrics["train_seconds"], 2)
     assert _throughput_is(metrics, small_config.train_subset * small_config.epochs)
+    assert metrics["device"] == ah.device_name("cpu")  # where it ran (tests pin the CPU)
 
 
 def test_the_training_time_adds_up_each_epochs_training_part_without_its_evaluation(mnist, small_config, monkeypatch):
@@ -159,6 +160,7 @@ def test_a_finished_folder_trained_again_is_unfinished_until_the_new_run_is(mnis
         ah.train(small_config.replace(lr=1e-3), mnist, run_dir=folder, progress=False)
     assert not ah.run_is_complete(folder)  # the old run's metrics.json is gone: nothing passes it off as the new one
     assert not (folder / "metrics.json").exists()
+    assert json.loads((folder / "config.json").read_text()) == small_config.replace(lr=1e-3).to_dict()  # what it trains
 
 
 def test_divergence_stops_warns_keeps_best_weights_and_plots_finite_part(mnist, small_config):
