@@ -163,6 +163,25 @@ def test_a_finished_folder_trained_again_is_unfinished_until_the_new_run_is(mnis
     assert json.loads((folder / "config.json").read_text()) == small_config.replace(lr=1e-3).to_dict()  # what it trains
 
 
+def test_a_run_killed_after_its_last_checkpoint_finishes_without_training_again(
+    mnist, small_config, tmp_path, monkeypatch
+):
+    folder, finish = tmp_path / "run", ah._finish
+
+    def killed(*args):
+        raise KeyboardInterrupt  # after the last epoch's checkpoint, before the run folder is written
+
+    monkeypatch.setattr(ah, "_finish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ah.train(small_config, mnist, run_dir=folder, progress=False)
+    assert (folder / "checkpoint.pt").exists() and not ah.run_is_complete(folder)
+    monkeypatch.setattr(ah, "_finish", finish)
+    monkeypatch.setattr(ah, "run_epoch", lambda *args: pytest.fail("an epoch was trained again"))
+    run = ah.train(small_config, mnist, run_dir=folder, progress=False)
+    assert ah.run_is_complete(folder, small_config) and run.metrics["epochs_run"] == small_config.epochs
+    assert run.metrics["train_seconds"] == 0 and run.metrics["samples_per_second"] is None  # none trained in this call
+
+
 def test_divergence_stops_warns_keeps_best_weights_and_plots_finite_part(mnist, small_config):
     config = ah.RunConfig(**{**small_config.to_dict(), "optimizer": "sgd_momentum", "lr": 20.0, "epochs": 6})
     with pytest.warns(RuntimeWarning) as caught:
@@ -443,6 +462,17 @@ def test_denoising_corrupts_the_inputs_only_and_repeats_on_resume(mnist, small_c
     resumed = _interrupted_then_resumed(config, mnist, tmp_path / "run", monkeypatch)
     assert resumed.history["train_loss"] == once.history["train_loss"]
     assert resumed.metrics["test_mse"] == once.metrics["test_mse"]
+
+
+@pytest.mark.parametrize("bf16, dtype", [(False, torch.float32), (True, torch.bfloat16)])
+def test_an_epoch_computes_in_bfloat16_only_when_asked(bf16, dtype):
+    torch.manual_seed(0)
+    model, seen = ah.Autoencoder((16, 2)), set()
+    model.encoder[0].register_forward_hook(lambda module, args, output: seen.add(output.dtype))
+    images = torch.randn(64, 784)
+    ah.train_epoch(model, torch.optim.Adam(model.parameters()), images, torch.arange(64), 32, bf16=bf16)
+    assert seen == {dtype}
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay float32 either way
 
 
 def test_runs_saved_before_a_new_config_field_still_count_as_finished(mnist, small_config, tmp_path):
