@@ -522,6 +522,14 @@ def test_an_epoch_steps_once_per_batch_the_last_one_short(mnist, small_config, m
     assert len(steps) == 2 * 7  # 2,000 images in batches of 300: six full ones and one of 200, each epoch
 
 
+def test_an_epoch_returns_its_loss_summed_over_images_the_last_batch_short():
+    torch.manual_seed(0)
+    model, images = ah.Autoencoder((16, 2)), torch.randn(70, 784)
+    frozen = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights stay: each batch sees the same model
+    total = ah.train_epoch(model, frozen, images, torch.arange(70), 32)  # batches of 32, 32 and 6
+    assert float(total) / 70 == pytest.approx(ah.evaluate_loss(model, images), rel=1e-5)
+
+
 def test_without_a_validation_split_the_lowest_training_loss_keeps_its_weights(mnist, small_config, monkeypatch):
     real, script = ah.train_epoch, [0.9, 0.5, 0.8]
 
@@ -560,6 +568,12 @@ def test_a_runs_splits_are_cut_from_its_own_data_and_placed_on_its_device(mnist)
     on_meta = ah.place_data(config, data, "meta")  # a stand-in for a GPU: no memory, no accelerator needed
     placed = [on_meta.train, on_meta.val, on_meta.test, *on_meta.tracked.values()]
     assert [tensor.device.type for tensor in placed] == ["meta"] * 5
+
+
+def test_a_runs_split_defaults_to_the_60000_mnist_training_images(small_config):
+    train_idx, val_idx = ah.run_split(small_config.replace(train_subset=0))
+    assert sorted(train_idx.tolist() + val_idx.tolist()) == list(range(60000))
+    assert [i.tolist() for i in ah.run_split(small_config)] == [i.tolist() for i in ah.run_split(small_config, 60000)]
 
 
 def test_the_tracked_images_are_the_first_of_each_digit_in_digit_order():
