@@ -93,10 +93,14 @@ def test_the_model_refuses_an_unknown_activation_naming_it_and_the_choices():
 @pytest.mark.parametrize(
     "field, value, words",
     [
-        ("activation", "swish", "choose one of relu, sigmoid, tanh, leaky_relu"),
-        ("optimizer", "lbfgs", "choose one of adam, adamw, sgd, sgd_momentum, rmsprop, rprop"),
-        ("loss", "bce", "choose one of mse, l1"),
-        ("schedule", "step", "choose one of constant, cosine"),
+        ("activation", "swish", "unknown activation 'swish'; choose one of relu, sigmoid, tanh, leaky_relu"),
+        (
+            "optimizer",
+            "lbfgs",
+            "unknown optimizer 'lbfgs'; choose one of adam, adamw, sgd, sgd_momentum, rmsprop, rprop",
+        ),
+        ("loss", "bce", "unknown loss 'bce'; choose one of mse, l1"),
+        ("schedule", "step", "unknown schedule 'step'; choose one of constant, cosine"),
         ("lr", 0, "lr must be a positive number"),
         ("lr", -1e-3, "lr must be a positive number"),
         ("lr", float("nan"), "lr must be a positive number"),
@@ -127,7 +131,7 @@ def test_the_model_refuses_an_unknown_activation_naming_it_and_the_choices():
     ],
 )
 def test_bad_config_values_name_the_field_and_choices(field, value, words):
-    with pytest.raises(ValueError, match=words):
+    with pytest.raises(ValueError, match="^" + words):  # the message opens with the field's name
         ah.RunConfig(**{field: value})
 
 
