@@ -104,7 +104,10 @@ def _train_in_parallel(names, root, data_root, jobs, force, device, progress, la
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         futures = {pool.submit(launch, name, root, data_root, threads, force, device): name for name in names}
         for future in ah._progress(
-            concurrent.futures.as_completed(futures), progress and bool(names), desc=f"runs ({jobs} at a time)"
+            concurrent.futures.as_completed(futures),
+            progress and bool(names),
+            desc=f"runs ({jobs} at a time)",
+            unit="run",
         ):
             name, code = futures[future], future.result()
             if code:

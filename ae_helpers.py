@@ -761,12 +761,13 @@ def _describe(config):
     return f"{sizes} {config.activation} {config.optimizer} lr={config.lr:g} bs={config.batch_size}"
 
 
-def _progress(iterable, show, desc=""):
+def _progress(iterable, show, desc, unit="epoch"):
+    """``iterable`` with a progress bar counting ``unit``s when ``show``, else ``iterable`` itself."""
     if not show:
         return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, unit="epoch", leave=True)
+    return tqdm(iterable, desc=desc, unit=unit, leave=True)
 
 
 # ----------------------------------------------------------------------------

@@ -236,11 +236,19 @@ def test_a_redraw_measures_on_the_split_of_the_data_given(tmp_path, monkeypatch)
 @pytest.mark.parametrize("progress, jobs", [(True, 2), (False, 1)])
 def test_the_parallel_progress_bar_counts_runs_when_asked(monkeypatch, progress, jobs):
     bars = []
-    monkeypatch.setattr(ah, "_progress", lambda iterable, show, desc="": bars.append((show, desc)) or iterable)
+    monkeypatch.setattr(ah, "_progress", lambda iterable, show, desc, unit: bars.append((show, desc, unit)) or iterable)
     _, launch = _recorder()
     ae_cli._train_in_parallel(list(FINISHED), "R", "D", jobs, False, "cpu", progress, launch=launch)
     ae_cli._train_in_parallel([], "R", "D", jobs, False, "cpu", progress, launch=launch)
-    assert bars == [(progress, f"runs ({jobs} at a time)"), (False, f"runs ({jobs} at a time)")]
+    assert bars == [(progress, f"runs ({jobs} at a time)", "run"), (False, f"runs ({jobs} at a time)", "run")]
+
+
+def test_a_progress_bar_shows_its_description_and_counts_its_unit(capsys):
+    assert list(ah._progress(range(3), True, "experiments", unit="run")) == [0, 1, 2]
+    shown = capsys.readouterr().err
+    assert "experiments" in shown and "3/3" in shown and "run/s" in shown and "epoch" not in shown
+    numbers = range(3)
+    assert ah._progress(numbers, False, "experiments") is numbers and capsys.readouterr().err == ""
 
 
 def test_runs_one_at_a_time_get_the_loaded_data_and_every_option_then_a_summary(tmp_path, monkeypatch):
