@@ -372,3 +372,18 @@ def test_explore_loads_the_run_and_the_data_it_was_trained_on(monkeypatch):
     with torch.no_grad():
         out = ex.model.decode(torch.tensor([[x, y]], dtype=torch.float32))[0] * raw.pixel_std + raw.pixel_mean
     np.testing.assert_allclose(ex.decode_at(x, y), out.clamp(0, 1).reshape(28, 28).numpy(), atol=1e-6)
+
+
+def test_a_drag_leaves_one_marker_where_it_last_went(explorer):
+    canvas = explorer.fig.canvas
+    canvas.draw()  # a full draw: the background is saved without the (animated) marker
+    explorer.decode_at(*_at(explorer, 0.2, 0.5))
+    explorer.decode_at(*_at(explorer, 0.8, 0.5))  # blitted: the background restored, the marker drawn anew
+    blitted = np.array(canvas.buffer_rgba())
+    canvas.draw()  # from scratch, with the marker where it is now
+    assert np.array_equal(blitted, np.array(canvas.buffer_rgba()))  # no trace of the marker at the first point
+
+
+def test_image_widgets_take_the_size_they_are_given():
+    image = ah._png_widget(width=56, height=56)
+    assert (image.format, image.width, image.height) == ("png", "56", "56")

@@ -191,3 +191,12 @@ def test_a_committed_run_measures_every_metric_it_saved(mnist):
         assert round(value, digits) == value, key
         if key.endswith("_pixels"):
             assert value == pytest.approx(measured[key[: -len("_pixels")]] * mnist.pixel_std**2, rel=1e-4), key
+
+
+def test_knn_accuracies_keep_4_decimals_whatever_the_number_of_codes(mnist):
+    torch.manual_seed(0)
+    model = ah.Autoencoder((16, 2)).eval()
+    data = dataclasses.replace(mnist, test_images=mnist.test_images[:7], test_labels=mnist.test_labels[:7])
+    metrics = ah.measure_run(model, data, torch.arange(300), torch.arange(300, 307))  # 7 codes voted on: k/7
+    for key in ("knn5_accuracy", "knn5_val_accuracy"):
+        assert 0 < metrics[key] < 1 and metrics[key] == round(metrics[key], 4), key

@@ -247,3 +247,10 @@ def test_data_is_checked_by_its_normalized_flag_not_guessed_from_its_std(mnist):
 def test_get_run_names_the_saved_runs_when_the_name_is_unknown():
     with pytest.raises(ValueError, match="no saved run named 'default_layers/nope'; choose one of: default_layers/"):
         ah.get_run("default_layers/nope")
+
+
+def test_a_config_field_carries_its_default_help_and_choices():
+    # RunConfig's fields are built at import; called here, the same helper is checked where a test can see it
+    field = ah._option(3, "how many", ("a", "b"))
+    assert field.default == 3 and dict(field.metadata) == {"help": "how many", "choices": ("a", "b")}
+    assert dict(ah._option(0.5, "a rate").metadata) == {"help": "a rate", "choices": None}

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 
@@ -275,3 +276,28 @@ def test_the_parallel_runner_skips_finished_runs_of_their_own_config_in_the_orde
     ae_cli.run_experiments(names, root=tmp_path, jobs=2, progress=False)
     assert launched == [["mynet/adam_lr5e-4_seed1"]]
     assert capsys.readouterr().out.splitlines() == [f"{name}: finished, skipped" for name in reversed(FINISHED)]
+
+
+def test_a_finished_bar_stays_in_a_notebook_too(monkeypatch):
+    import tqdm.auto
+    import tqdm.notebook
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", tqdm.notebook.tqdm)  # what tqdm.auto picks in Jupyter
+    bar = ah._progress(range(3), True, "experiments", unit="run")
+    assert list(bar) == [0, 1, 2]
+    assert bar.container.layout.visibility != "hidden"  # a notebook bar whose leave is not True is hidden at its end
+
+
+def test_a_runs_first_line_leaves_the_buffer_before_it_trains(tmp_path, monkeypatch):
+    # a worker's stdout and stderr both go to train.log: unflushed, the line would land after the training's output
+    flushed, seen = [], []
+    monkeypatch.setattr(sys.stdout, "flush", lambda: flushed.append(True))
+
+    def train(*args, **kwargs):
+        seen.append(bool(flushed))
+        raise KeyboardInterrupt  # enough: training has started
+
+    monkeypatch.setattr(ah, "train", train)
+    with pytest.raises(KeyboardInterrupt):
+        ae_cli._train_or_skip("mynet/adam_lr5e-4", "[1/1]", tmp_path, None, False, False, "cpu", False)
+    assert seen == [True]

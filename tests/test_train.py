@@ -452,6 +452,8 @@ def test_denoising_corrupts_the_inputs_only_and_repeats_on_resume(mnist, small_c
     ah.train_epoch(model, optimizer, images, torch.arange(32), 32, loss_fn, noise=0.5, noise_generator=generator)
     assert torch.equal(targets[0], images)
     assert (seen[0] - images).std().item() == pytest.approx(0.5, rel=0.05)
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(seen[0], images + 0.5 * noise)  # the image plus the generator's noise, as documented
 
     # Same config: the same losses; interrupted and resumed: the same noise, so the same run.
     config = ah.RunConfig(**{**small_config.to_dict(), "noise": 0.5, "epochs": 4})
@@ -568,6 +570,20 @@ def test_a_runs_splits_are_cut_from_its_own_data_and_placed_on_its_device(mnist)
     on_meta = ah.place_data(config, data, "meta")  # a stand-in for a GPU: no memory, no accelerator needed
     placed = [on_meta.train, on_meta.val, on_meta.test, *on_meta.tracked.values()]
     assert [tensor.device.type for tensor in placed] == ["meta"] * 5
+
+
+def test_a_runs_model_and_the_checkpoint_it_resumes_go_to_its_device(mnist, tmp_path):
+    data, config = mnist.subset(3000), ah.RunConfig(layer_sizes=(16, 2), val_size=500, train_subset=1000)
+    on_cpu = ah.place_data(config, data, "cpu")
+    saved = ah.start_training(config, on_cpu, data, "cpu")  # a checkpoint written on the CPU
+    (tmp_path / "run").mkdir()
+    torch.save({"config": config.to_dict(), **saved.state_dict()}, tmp_path / "run" / "checkpoint.pt")
+    splits = ah.place_data(config, data, "meta")  # a stand-in for a GPU: no memory, no accelerator needed
+    splits.tracked = on_cpu.tracked  # (tracked images are drawn as pixels, which needs values)
+    state = ah.start_training(config, splits, data, "meta")
+    assert ah.model_device(state.model).type == "meta"
+    ah._open_run_dir(tmp_path / "run", config, state, torch.device("meta"), resume=True)
+    assert {tensor.device.type for tensor in state.best["state"].values()} == {"meta"}
 
 
 def test_a_runs_split_defaults_to_the_60000_mnist_training_images(small_config):
