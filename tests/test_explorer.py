@@ -167,6 +167,10 @@ def test_spacing_is_each_codes_distance_to_its_nearest_other_code(explorer, mode
     np.testing.assert_allclose(explorer.neighbours.spacing.numpy(), distances.min(1), rtol=1e-4, atol=1e-5)
 
 
+def test_two_codes_are_each_others_nearest():
+    assert ah.LatentNeighbours([[0.0, 0.0], [3.0, 4.0]]).spacing.tolist() == [5.0, 5.0]
+
+
 def test_remoteness_is_the_nearest_distance_over_the_neighbours_own_spacing():
     # Spacings 1, 1 and 2; the point (0, 0.25) is 0.25 from its nearest code, about 1.03 from the next.
     neighbours = ah.LatentNeighbours(np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]]))
