@@ -477,7 +477,7 @@ def run_split(config: RunConfig, n=60000):
     return (train_idx[: config.train_subset] if config.train_subset else train_idx), val_idx
 
 
-def fixed_order(data: MNIST, config: RunConfig, seed=0) -> MNIST:
+def fixed_order(data: MNIST, config: RunConfig, seed) -> MNIST:
     """A copy whose training images (those ``config`` trains on) are permuted once, seeded; the validation
     images stay in place. Trained with ``shuffle=False``: one fixed random order, the same every epoch."""
     train_idx, _ = run_split(config, len(data.train_images))
