@@ -151,13 +151,7 @@ def test_a_finished_folder_trained_again_is_unfinished_until_the_new_run_is(mnis
     folder = tmp_path / "run"
     ah.train(small_config, mnist, run_dir=folder, progress=False)
     assert ah.run_is_complete(folder)
-
-    def interrupted(*args):
-        raise KeyboardInterrupt  # the new run is stopped in its first epoch
-
-    monkeypatch.setattr(ah, "run_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        ah.train(small_config.replace(lr=1e-3), mnist, run_dir=folder, progress=False)
+    _interrupt(small_config.replace(lr=1e-3), mnist, folder, monkeypatch)  # the new run is stopped in its 3rd epoch
     assert not ah.run_is_complete(folder)  # the old run's metrics.json is gone: nothing passes it off as the new one
     assert not (folder / "metrics.json").exists()
     assert json.loads((folder / "config.json").read_text()) == small_config.replace(lr=1e-3).to_dict()  # what it trains
