@@ -28,7 +28,7 @@ run: data
 
 # Lint and format checks first (ruff, settings in pyproject.toml), then every test and the notebook.
 test: data browser lint
-	AE_QUICK=1 $(PY) -m pytest tests --nbval-lax $(NOTEBOOK) -v
+	AE_QUICK=1 IPYTHONDIR=$(CURDIR)/tools/ipython $(PY) -m pytest tests --nbval-lax $(NOTEBOOK) -v
 
 lint: venv
 	$(PY) -m ruff check .

@@ -21,7 +21,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ae.metrics as ae_metrics
 import ae_helpers as ah
+from ae import analyses, figures, runs
 from mnist_files import DataError, fetch_mnist
 
 DATA = "data"  # where MNIST is kept, relative to the folder the command runs in
@@ -38,17 +40,17 @@ class ExperimentError(RuntimeError):
 
 def check_experiments(only, jobs) -> list:
     """The runs to train (all of EXPERIMENTS when ``only`` is empty); ValueError naming a bad choice."""
-    names = list(only) if only else list(ah.EXPERIMENTS)
-    unknown = [n for n in names if n not in ah.EXPERIMENTS]
+    names = list(only) if only else list(runs.EXPERIMENTS)
+    unknown = [n for n in names if n not in runs.EXPERIMENTS]
     if unknown:
-        raise ValueError(f"unknown run(s) {unknown}; choose from: {', '.join(ah.EXPERIMENTS)}.")
+        raise ValueError(f"unknown run(s) {unknown}; choose from: {', '.join(runs.EXPERIMENTS)}.")
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}.")
     return names
 
 
 def run_experiments(
-    only=None, root=ah.PROJECT_ROOT, data_root=None, redraw=False, force=False, device="auto", progress=True, jobs=1
+    only=None, root=runs.PROJECT_ROOT, data_root=None, redraw=False, force=False, device="auto", progress=True, jobs=1
 ):
     """Train every run in EXPERIMENTS that is not finished yet (resuming interrupted ones), then summarize.
 
@@ -60,7 +62,7 @@ def run_experiments(
     data_root = Path(data_root) if data_root is not None else root / DATA
     data = ah.load_mnist(data_root)
     if jobs > 1 and not redraw:
-        todo = [n for n in names if force or not ah.run_is_complete(root / n, ah.EXPERIMENTS[n])]
+        todo = [n for n in names if force or not runs.run_is_complete(root / n, runs.EXPERIMENTS[n])]
         for name in sorted(set(names) - set(todo), key=names.index):
             print(f"{name}: finished, skipped")
         _train_in_parallel(todo, root, data_root, jobs, force, device, progress)
@@ -72,25 +74,25 @@ def run_experiments(
 
 def _train_or_skip(name, counter, root, data, redraw, force, device, progress):
     """Train one run of EXPERIMENTS and draw its figures; a finished one is skipped (or redrawn)."""
-    config, run_dir = ah.EXPERIMENTS[name], root / name
-    if ah.run_is_complete(run_dir, config) and not force:
+    config, run_dir = runs.EXPERIMENTS[name], root / name
+    if runs.run_is_complete(run_dir, config) and not force:
         if redraw:
             _redraw(run_dir, data)
         print(f"{counter} {name}: finished, skipped")
         return
     print(f"{counter} {name}: training {config.epochs} epochs", flush=True)
-    run = ah.train(config, data, run_dir=run_dir, device=device, progress=progress, resume=not force)
-    ah.draw_run_figures(run, data)
+    run = runs.train_run(config, data, run_dir=run_dir, device=device, progress=progress, resume=not force)
+    figures.draw_run_figures(run, data)
     write_summaries(root, data)
 
 
 def _redraw(run_dir, data):
     """Measure a finished run again (when its weights are here) and redraw its figures."""
-    run = ah.load_run(run_dir)
+    run = runs.load_run(run_dir)
     if run.model is not None:
-        run.metrics.update(ah.measure_run(run.model, data, *ah.run_split(run.config, len(data.train_images))))
-        ah.write_json(run_dir / "metrics.json", run.metrics)
-    ah.draw_run_figures(run, data)
+        run.metrics.update(ae_metrics.measure_run(run.model, data, *ah.run_split(run.config, len(data.train_images))))
+        runs.write_json(run_dir / "metrics.json", run.metrics)
+    figures.draw_run_figures(run, data)
 
 
 def _train_in_parallel(names, root, data_root, jobs, force, device, progress, launch=None):
@@ -99,11 +101,11 @@ def _train_in_parallel(names, root, data_root, jobs, force, device, progress, la
     threads = max(1, (os.cpu_count() or 1) // jobs)
     launch = launch or _launch_worker
     # the longest runs first, so that no long run is left alone at the end
-    names = sorted(names, key=lambda n: -ah.EXPERIMENTS[n].epochs * sum(ah.EXPERIMENTS[n].layer_sizes))
+    names = sorted(names, key=lambda n: -runs.EXPERIMENTS[n].epochs * sum(runs.EXPERIMENTS[n].layer_sizes))
     failed = []
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         futures = {pool.submit(launch, name, root, data_root, threads, force, device): name for name in names}
-        for future in ah._progress(
+        for future in ah.progress_bar(
             concurrent.futures.as_completed(futures),
             progress and bool(names),
             desc=f"runs ({jobs} at a time)",
@@ -165,7 +167,7 @@ SUMMARY_HEADER = (
 )
 
 
-def write_summaries(root=ah.PROJECT_ROOT, data: ah.MNIST | None = None) -> None:
+def write_summaries(root=runs.PROJECT_ROOT, data: ah.MNIST | None = None) -> None:
     """Write summary.md and summary.csv in default_layers/ and mynet/ from the finished runs (+ PCA-2)."""
     root, pca = Path(root), None
     for group in ("default_layers", "mynet"):
@@ -173,21 +175,21 @@ def write_summaries(root=ah.PROJECT_ROOT, data: ah.MNIST | None = None) -> None:
         if not rows:
             continue
         if data is not None:
-            pca = pca or ah.pca_baseline(data)
+            pca = pca or ae_metrics.pca_baseline(data)
             rows.append({"run": "PCA-2 baseline", "epochs": "", "best_epoch": "", "seconds": "", "device": "", **pca})
         with io.StringIO() as buffer:
             writer = csv.DictWriter(buffer, SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
-            ah.write_text(root / group / "summary.csv", buffer.getvalue())
-        table = ah.markdown_table(SUMMARY_COLUMNS, [[row.get(c, "") for c in SUMMARY_COLUMNS] for row in rows])
-        ah.write_text(root / group / "summary.md", f"# {group}: results\n\n{SUMMARY_HEADER}\n\n{table}\n")
+            runs.write_text(root / group / "summary.csv", buffer.getvalue())
+        table = analyses.markdown_table(SUMMARY_COLUMNS, [[row.get(c, "") for c in SUMMARY_COLUMNS] for row in rows])
+        runs.write_text(root / group / "summary.md", f"# {group}: results\n\n{SUMMARY_HEADER}\n\n{table}\n")
 
 
 def _summary_rows(root, group) -> list:
     rows = []
-    for name in ah.EXPERIMENTS:
-        if name.startswith(group + "/") and ah.run_is_complete(root / name):
+    for name in runs.EXPERIMENTS:
+        if name.startswith(group + "/") and runs.run_is_complete(root / name):
             metrics = json.loads((root / name / "metrics.json").read_text())
             rows.append({"run": name.split("/", 1)[1], "epochs": metrics["epochs_run"], **metrics})
     return rows
@@ -263,7 +265,7 @@ def _parser():
     ex.add_argument("--redraw", action="store_true", help=HELP["--redraw"])
     ex.add_argument("--force", action="store_true", help=HELP["--force"])
     ex.add_argument("--jobs", type=int, default=1, help=HELP["--jobs"])
-    ex.add_argument("--results", default=str(ah.PROJECT_ROOT), help=HELP["--results"])
+    ex.add_argument("--results", default=str(runs.PROJECT_ROOT), help=HELP["--results"])
     ex.add_argument("--data", default=None, help=HELP["experiments --data"])
     ex.add_argument("--device", default="auto", help=HELP["--device"])
     for command in (fetch, tr, ex):
@@ -291,8 +293,8 @@ def _train(args, parser):
     data = ah.load_mnist(args.data, normalize=config.normalize)
     with _usage_on_bad_input(parser):
         ah.check_data(config, data)
-    run = ah.train(config, data, run_dir=args.out, device=args.device)
-    ah.draw_run_figures(run, data)
+    run = runs.train_run(config, data, run_dir=args.out, device=args.device)
+    figures.draw_run_figures(run, data)
     print(json.dumps(run.metrics, indent=2))
 
 
@@ -301,8 +303,8 @@ def _experiments(args, parser):
         check_experiments(args.only, args.jobs)
         ah.resolve_device(args.device)
     if args.list:
-        for name, config in ah.EXPERIMENTS.items():
-            state = "finished" if ah.run_is_complete(Path(args.results) / name, config) else "to do"
+        for name, config in runs.EXPERIMENTS.items():
+            state = "finished" if runs.run_is_complete(Path(args.results) / name, config) else "to do"
             print(f"{name:45s} {config.epochs:4d} epochs  {state}")
         return
     run_experiments(

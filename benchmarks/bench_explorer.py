@@ -20,7 +20,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import ae.explorer as ae_explorer  # noqa: E402
 import ae_helpers as ah  # noqa: E402
+from ae import runs  # noqa: E402
 from bench_training import _cpu_name  # noqa: E402
 
 
@@ -45,7 +47,7 @@ def main():
     import matplotlib
 
     matplotlib.use("Agg")
-    explorer = ah.explore(ROOT / "default_layers/adam_lr5e-4", data=ah.load_mnist(ROOT / "data"))
+    explorer = ae_explorer.explore(ROOT / "default_layers/adam_lr5e-4", data=ah.load_mnist(ROOT / "data"))
     seconds = measure(explorer, args.updates)
     ms = sorted(1000 * s for s in seconds)
     result = {
@@ -68,7 +70,7 @@ def main():
         f"({len(ms)} updates, {result['machine']['processor']}, {result['machine']['threads']} threads)"
     )
     out = ROOT / "benchmarks" / "explorer.json"
-    ah.write_text(out, json.dumps(result, indent=2) + "\n")
+    runs.write_text(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")
 
 

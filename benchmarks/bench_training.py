@@ -20,6 +20,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import ae_helpers as ah  # noqa: E402
+from ae import runs  # noqa: E402
 
 BATCH = 128
 
@@ -164,7 +165,7 @@ def main():
     }
     _report(result)
     out = ROOT / "benchmarks" / "results.json"
-    ah.write_json(out, result)
+    runs.write_json(out, result)
     print(f"wrote {out.relative_to(ROOT)}")
 
 

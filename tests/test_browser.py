@@ -19,9 +19,10 @@ import urllib.request
 import numpy as np
 import pytest
 
+import ae.explorer as ae_explorer
 import ae_helpers as ah
 from find_browser import HOW_TO_ENABLE, find_browser
-from support import ROOT, copy_project
+from support import QUICK_ENV, ROOT, copy_project
 
 ARTIFACTS = ROOT / "test-artifacts"
 NOTEBOOK = "bmi219_autoencoder.ipynb"
@@ -71,7 +72,7 @@ def jupyterlab(root, tmp_path, disabled_extensions=()):
     port, token = _free_port(), "explorer-test-token"
     env = {
         **os.environ,
-        "AE_QUICK": "1",
+        **QUICK_ENV,
         "JUPYTER_CONFIG_DIR": str(config),
         "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
     }
@@ -186,7 +187,7 @@ def code_cells(nb):
 
 
 def explorer_cell_index(nb):
-    return next(i for i, c in enumerate(nb["cells"]) if "ah.explore(" in "".join(c["source"]))
+    return next(i for i, c in enumerate(nb["cells"]) if "= explore(" in "".join(c["source"]))
 
 
 # --- what the explorer page shows ---------------------------------------------------------------
@@ -275,6 +276,25 @@ def click_and_check(page, aim, reference, fx, fy):
     return assert_page_matches_decoder(page, reference)
 
 
+def slide_and_check(page, reference, axis, key, presses=5):
+    """Focus a slider's handle, press an arrow key: the point moves along that axis only, decoded as a click is."""
+    before = shown_point(page)
+    page.locator(f"{EXPLORER} .slider-{axis} .noUi-handle").first.focus()
+    for _ in range(presses):
+        page.keyboard.press(key)
+    page.wait_for_function(
+        "prev => document.querySelector('.latent-explorer .coords')?.innerText.includes(prev) === false",
+        arg=f"x = {before[0]:.5f}, y = {before[1]:.5f}",
+        timeout=30000,
+    )
+    page.wait_for_timeout(1000)  # the last key's decode
+    after = shown_point(page)
+    moved, kept = (0, 1) if axis == "x" else (1, 0)
+    assert after[kept] == before[kept], (before, after)
+    assert (after[moved] - before[moved]) * (1 if key == "ArrowRight" else -1) > 0, (before, after)
+    return assert_page_matches_decoder(page, reference)
+
+
 def drag_and_check(page, aim, reference, start, end, steps=20):
     """Press at ``start``, move to ``end`` in ``steps`` pauses, release; returns image changes seen."""
     page.evaluate("() => { window.imageChanges = []; }")
@@ -357,7 +377,7 @@ def visible_canvas(page, explorer_index):
 
 
 def test_after_run_all_the_explorer_decodes_clicks_and_drags(browser_path, project_copy, tmp_path):
-    reference = ah.explore(ROOT / RUN, data=ah.load_mnist(ROOT / "data"))  # the same figure, built here
+    reference = ae_explorer.explore(ROOT / RUN, data=ah.load_mnist(ROOT / "data"))  # the same figure, built here
     committed = json.loads((ROOT / NOTEBOOK).read_text())
     ARTIFACTS.mkdir(exist_ok=True)
     with jupyterlab(project_copy, tmp_path) as (base, token), chromium_page(browser_path) as page:
@@ -373,6 +393,8 @@ def test_after_run_all_the_explorer_decodes_clicks_and_drags(browser_path, proje
         first = click_and_check(page, aim, reference, 0.3, 0.65)
         second = click_and_check(page, aim, reference, 0.75, 0.25)
         assert np.abs(first - second).max() > 0.1, "the two clicks showed the same image"
+        slide_and_check(page, reference, "x", "ArrowLeft")  # the keyboard's way in: no mouse needed
+        slide_and_check(page, reference, "y", "ArrowRight")
         page.locator(EXPLORER).screenshot(path=str(ARTIFACTS / "explorer.png"))
         changes = drag_and_check(page, aim, reference, start=(0.2, 0.3), end=(0.8, 0.7))
         assert changes >= 2, f"the image changed {changes} times during a 20-step drag"
@@ -405,7 +427,7 @@ def test_without_the_front_end_extension_the_page_shows_what_the_readme_says(bro
                 "metadata": {},
                 "execution_count": None,
                 "outputs": [],
-                "source": "import ae_helpers as ah\n" + source,
+                "source": "from ae.explorer import explore\n" + source,
             }
         ],
     }

@@ -8,6 +8,7 @@ import pytest
 
 import ae_cli
 import ae_helpers as ah
+from ae import runs
 from support import ROOT, copy_finished_run
 
 DATA = str(ROOT / "data")
@@ -68,7 +69,7 @@ def test_an_error_inside_training_is_not_reported_as_bad_usage(monkeypatch, tmp_
     def broken(*args, **kwargs):
         raise ValueError("something inside training")
 
-    monkeypatch.setattr(ah, "train", broken)
+    monkeypatch.setattr(runs, "train_run", broken)
     with pytest.raises(ValueError, match="something inside training"):
         ae_cli.main(["train", "--out", str(tmp_path / "run"), "--data", DATA, "--epochs", "1"])
 
@@ -153,7 +154,7 @@ def test_fetch_verifies_the_data_folder_it_runs_in(cli):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        ([], dict(only=None, root=str(ah.PROJECT_ROOT), data_root=None, redraw=False, force=False, jobs=1)),
+        ([], dict(only=None, root=str(runs.PROJECT_ROOT), data_root=None, redraw=False, force=False, jobs=1)),
         (
             ["--only", "mynet/adam_lr5e-4", "--results", "R", "--data", "D", "--redraw", "--force", "--jobs", "3"],
             dict(only=["mynet/adam_lr5e-4"], root="R", data_root="D", redraw=True, force=True, jobs=3),
@@ -174,8 +175,8 @@ def test_experiments_list_names_every_run_and_whether_it_is_finished(cli, tmp_pa
     result = cli("experiments", "--list", "--results", str(tmp_path))
     assert result.returncode == 0
     lines = result.stdout.splitlines()
-    assert len(lines) == len(ah.EXPERIMENTS)
-    for line, (name, config) in zip(lines, ah.EXPERIMENTS.items()):
+    assert len(lines) == len(runs.EXPERIMENTS)
+    for line, (name, config) in zip(lines, runs.EXPERIMENTS.items()):
         state = "finished" if name == "mynet/adam_lr5e-4" else "to do"
         assert line == f"{name:45s} {config.epochs:4d} epochs  {state}"
 
@@ -201,7 +202,7 @@ def test_train_trains_on_the_data_it_loaded_on_the_device_asked(tmp_path, cli, m
         trained.append((data, run_dir, device))
         raise FileNotFoundError("stop before training")
 
-    monkeypatch.setattr(ah, "train", train)
+    monkeypatch.setattr(runs, "train_run", train)
     result = cli("train", "--out", "run", "--data", DATA, "--no-normalize", "--device", "cpu", cwd=tmp_path)
     assert result.returncode == 1
     assert trained == [(loaded[0], "run", "cpu")]
@@ -264,10 +265,10 @@ def test_parallel_experiments_skip_finished_runs_and_a_worker_trains_through_the
 
 def test_the_runner_trains_a_missing_run_then_skips_it(tmp_path, mnist, monkeypatch, capsys):
     tiny = ah.RunConfig(layer_sizes=(16, 2), epochs=1, train_subset=500, batch_size=100)
-    monkeypatch.setitem(ah.EXPERIMENTS, "mynet/tiny", tiny)
+    monkeypatch.setitem(runs.EXPERIMENTS, "mynet/tiny", tiny)
     ae_cli.run_experiments(["mynet/tiny"], root=tmp_path, data_root=DATA, progress=False)
     assert "[1/1] mynet/tiny: training 1 epochs" in capsys.readouterr().out
-    assert ah.run_is_complete(tmp_path / "mynet/tiny", tiny)
+    assert runs.run_is_complete(tmp_path / "mynet/tiny", tiny)
     assert (tmp_path / "mynet/tiny/latent_space.png").is_file()
     assert "| tiny | 1 |" in (tmp_path / "mynet/summary.md").read_text()
     ae_cli.run_experiments(["mynet/tiny"], root=tmp_path, data_root=DATA, progress=False)

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+import ae.metrics as ae_metrics
 import ae_helpers as ah
+from ae import figures, runs
 from support import ROOT
 
 
@@ -25,7 +27,7 @@ def test_silhouette_matches_brute_force():
     gen = torch.Generator().manual_seed(0)
     labels = torch.arange(10).repeat(20)
     codes = torch.randn(200, 2, generator=gen) + labels[:, None].float() * torch.tensor([1.0, 0.3])
-    assert ah.silhouette_score(codes, labels, chunk=37) == pytest.approx(
+    assert ae_metrics.silhouette_score(codes, labels, chunk=37) == pytest.approx(
         _brute_silhouette(codes.double().numpy(), labels.numpy()), abs=1e-5
     )
 
@@ -34,16 +36,16 @@ def test_silhouette_with_missing_digits_and_clusters_of_one_and_two_codes():
     gen = torch.Generator().manual_seed(1)
     labels = torch.tensor([3] + [5] * 2 + [7] * 3 + [8] * 40)  # digits 0-2, 4, 6, 9 absent
     codes = torch.randn(len(labels), 2, generator=gen) + labels[:, None].float()
-    assert ah.silhouette_score(codes, labels, chunk=7) == pytest.approx(
+    assert ae_metrics.silhouette_score(codes, labels, chunk=7) == pytest.approx(
         _brute_silhouette(codes.double().numpy(), labels.numpy()), abs=1e-5
     )
 
 
 def test_a_silhouette_of_one_digit_is_refused_and_of_two_computed():
     with pytest.raises(ValueError, match="at least 2 digits; got digits \\[4\\]"):
-        ah.silhouette_score(torch.randn(20, 2), torch.full((20,), 4))
+        ae_metrics.silhouette_score(torch.randn(20, 2), torch.full((20,), 4))
     codes, labels = torch.tensor([[0.0, 0.0], [3.0, 0.0], [4.0, 0.0]]), torch.tensor([1, 6, 6])  # one code of a 1
-    assert ah.silhouette_score(codes, labels) == pytest.approx(_brute_silhouette(codes.numpy(), labels.numpy()))
+    assert ae_metrics.silhouette_score(codes, labels) == pytest.approx(_brute_silhouette(codes.numpy(), labels.numpy()))
 
 
 def _brute_knn(train, train_labels, test, k):
@@ -67,23 +69,23 @@ def test_knn_accuracy_matches_a_brute_force_vote_with_ties(k):
     test = torch.randn(90, 2, generator=gen) + test_labels[:, None].float()
     predicted = _brute_knn(train.numpy(), train_labels.numpy(), test.numpy(), k)
     expected = float((predicted == test_labels.numpy()).mean())
-    assert ah.knn_accuracy(train, train_labels, test, test_labels, k=k, chunk=37) == pytest.approx(expected)
+    assert ae_metrics.knn_accuracy(train, train_labels, test, test_labels, k=k, chunk=37) == pytest.approx(expected)
 
 
 def test_knn_ties_go_to_the_nearest_codes_digit():
     train = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0], [9.0, 0.0]])
     test = torch.zeros(1, 2)
     for labels, winner in (([7, 3, 3, 7, 1], 7), ([3, 7, 7, 3, 1], 3)):  # 2 votes each among the 4 nearest
-        assert ah.knn_accuracy(train, torch.tensor(labels), test, torch.tensor([winner]), k=4) == 1.0
+        assert ae_metrics.knn_accuracy(train, torch.tensor(labels), test, torch.tensor([winner]), k=4) == 1.0
 
 
 def test_knn_accuracy_separated_and_random():
     labels = torch.arange(10).repeat(50)
     centres = torch.randn(10, 2) * 100
     codes = centres[labels] + torch.randn(500, 2)
-    assert ah.knn_accuracy(codes, labels, codes + 0.01, labels) == 1.0
+    assert ae_metrics.knn_accuracy(codes, labels, codes + 0.01, labels) == 1.0
     shuffled = labels[torch.randperm(500, generator=torch.Generator().manual_seed(1))]
-    assert ah.knn_accuracy(codes, shuffled, codes, labels) < 0.3
+    assert ae_metrics.knn_accuracy(codes, shuffled, codes, labels) < 0.3
 
 
 def test_evaluation_in_batches_matches_one_pass_and_builds_no_graph():
@@ -94,7 +96,7 @@ def test_evaluation_in_batches_matches_one_pass_and_builds_no_graph():
         codes, recon = model.encode(images), model(images)
     out = ah.encode(model, images, batch_size=7)
     assert torch.allclose(out, codes, atol=1e-6) and not out.requires_grad
-    both_codes, mse = ah._codes_and_mse(model, images, batch_size=7)
+    both_codes, mse = ae_metrics._codes_and_mse(model, images, batch_size=7)
     assert torch.allclose(both_codes, codes, atol=1e-6) and not both_codes.requires_grad
     assert mse == pytest.approx(float(((recon - images) ** 2).mean()), rel=1e-5)
     assert ah.evaluate_loss(model, images, batch_size=7) == pytest.approx(mse, rel=1e-5)
@@ -102,7 +104,7 @@ def test_evaluation_in_batches_matches_one_pass_and_builds_no_graph():
     assert ah.evaluate_loss(model, images, loss="l1", batch_size=7) == pytest.approx(l1, rel=1e-5)
     pixels = ah.decode_to_pixels(model, codes.tolist())
     assert torch.allclose(pixels, recon.clamp(0, 1), atol=1e-6) and not pixels.requires_grad
-    empty_codes, empty_mse = ah._codes_and_mse(model, images[:0])
+    empty_codes, empty_mse = ae_metrics._codes_and_mse(model, images[:0])
     assert empty_codes.shape == (0, 2) and np.isnan(empty_mse)
 
 
@@ -138,7 +140,7 @@ def test_pca2_reconstructs_images_that_lie_on_a_plane_exactly():
     gen = torch.Generator().manual_seed(0)
     mean, plane = torch.rand(784, generator=gen), torch.linalg.qr(torch.randn(784, 2, generator=gen))[0]
     images = mean + (torch.randn(300, 2, generator=gen) * torch.tensor([3.0, 1.0])) @ plane.T
-    pca = ah.PCA2(images)
+    pca = ae_metrics.PCA2(images)
     assert torch.allclose(pca(images), images, atol=1e-4)
     assert ah.evaluate_loss(pca, images) < 1e-8
     codes = ah.encode(pca, images)
@@ -148,7 +150,7 @@ def test_pca2_reconstructs_images_that_lie_on_a_plane_exactly():
 def test_pca2_baseline_on_real_mnist(mnist):
     # PCA-2 fitted on the 55,000 training images: test MSE 0.5864 and 5-NN accuracy 0.424 (the last row of
     # default_layers/summary.md, quoted in the README).
-    baseline = ah.pca_baseline(mnist)
+    baseline = ae_metrics.pca_baseline(mnist)
     assert baseline["test_mse"] == pytest.approx(0.587, abs=0.002)
     assert baseline["knn5_accuracy"] == pytest.approx(0.424, abs=0.005)
     # the validation codes (5,000 training images held out) are as separable as the test codes;
@@ -160,7 +162,7 @@ def test_the_manifold_grid_puts_high_y_at_the_top_and_high_x_at_the_right(mnist)
     torch.manual_seed(0)
     model = ah.Autoencoder((32, 2)).eval()
     extent, n = (-2.0, 3.0, -1.0, 4.0), 5  # xmin, xmax, ymin, ymax
-    grid = ah.decode_grid(model, extent, n, mnist)
+    grid = figures.decode_grid(model, extent, n, mnist)
     for row, y in enumerate(np.linspace(4.0, -1.0, n)):  # the top row is the highest y, as imshow draws it
         for col, x in enumerate(np.linspace(-2.0, 3.0, n)):
             with torch.no_grad():
@@ -171,15 +173,15 @@ def test_the_manifold_grid_puts_high_y_at_the_top_and_high_x_at_the_right(mnist)
 
 def test_mse_units_convert_between_normalized_and_pixel_units(mnist):
     raw = dataclasses.replace(mnist, mean=0.0, std=1.0)  # the same images in pixel units
-    assert ah.mse_units(1.0, mnist) == pytest.approx({"normalized": 1.0, "pixels": mnist.pixel_std**2})
-    assert ah.mse_units(1.0, raw) == pytest.approx({"normalized": 1 / mnist.pixel_std**2, "pixels": 1.0})
+    assert ae_metrics.mse_units(1.0, mnist) == pytest.approx({"normalized": 1.0, "pixels": mnist.pixel_std**2})
+    assert ae_metrics.mse_units(1.0, raw) == pytest.approx({"normalized": 1 / mnist.pixel_std**2, "pixels": 1.0})
 
 
 def test_a_committed_run_measures_every_metric_it_saved(mnist):
     # Every key measure_run returns, against the run's metrics.json (the same code wrote it, on another CPU:
     # equal to float32 noise); pixel units are the normalized ones times 0.3081^2.
-    run = ah.load_run(ROOT / "mynet/adam_lr5e-4", require_model=True)
-    measured = ah.measure_run(run.model, mnist, *ah.split_indices())
+    run = runs.load_run(ROOT / "mynet/adam_lr5e-4", require_model=True)
+    measured = ae_metrics.measure_run(run.model, mnist, *ah.split_indices())
     assert set(measured) == {f"{s}_mse{u}" for s in ("train", "val", "test") for u in ("", "_pixels")} | {
         "knn5_accuracy",
         "knn5_val_accuracy",
@@ -197,6 +199,6 @@ def test_knn_accuracies_keep_4_decimals_whatever_the_number_of_codes(mnist):
     torch.manual_seed(0)
     model = ah.Autoencoder((16, 2)).eval()
     data = dataclasses.replace(mnist, test_images=mnist.test_images[:7], test_labels=mnist.test_labels[:7])
-    metrics = ah.measure_run(model, data, torch.arange(300), torch.arange(300, 307))  # 7 codes voted on: k/7
+    metrics = ae_metrics.measure_run(model, data, torch.arange(300), torch.arange(300, 307))  # 7 codes voted on: k/7
     for key in ("knn5_accuracy", "knn5_val_accuracy"):
         assert 0 < metrics[key] < 1 and metrics[key] == round(metrics[key], 4), key

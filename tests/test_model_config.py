@@ -6,9 +6,12 @@ import types
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import ae_helpers as ah
+from ae import analyses, runs
+from support import ROOT
 
 
 def test_default_architecture_is_mirrored_with_linear_bottleneck_and_output():
@@ -85,8 +88,10 @@ def test_a_layer_of_one_unit_is_a_valid_size():
 
 
 def test_the_model_refuses_an_unknown_activation_naming_it_and_the_choices():
-    # the model checks on its own, also when built without a RunConfig
-    with pytest.raises(ValueError, match=r"unknown activation 'swish'; choose one of \['leaky_relu', 'relu'"):
+    # the model checks on its own, also when built without a RunConfig, with the config's own check and words
+    with pytest.raises(
+        ValueError, match=r"^unknown activation 'swish'; choose one of relu, sigmoid, tanh, leaky_relu\.$"
+    ):
         ah.Autoencoder((16, 2), activation="swish")
 
 
@@ -192,11 +197,48 @@ OPTIMIZER_CLASSES = {
 
 
 @pytest.mark.parametrize("name", ah.OPTIMIZERS)
-def test_each_optimizer_name_builds_that_optimizer(name):
-    optimizer = ah.make_optimizer(ah.Autoencoder((8, 2)), ah.RunConfig(optimizer=name, momentum=0.7))
+def test_each_optimizer_gets_the_configs_rate_decay_and_momentum(name):
+    # What mutmut cannot mutate (a table of optimizers) is checked here: every option reaches the optimizer.
+    config = ah.RunConfig(optimizer=name, lr=0.0123, weight_decay=0.045, momentum=0.7)
+    optimizer = ah.make_optimizer(ah.Autoencoder((8, 2)), config)
+    group = optimizer.param_groups[0]
     assert type(optimizer).__name__ == OPTIMIZER_CLASSES[name]
-    if name == "sgd_momentum":
-        assert optimizer.defaults["momentum"] == 0.7
+    assert group["lr"] == 0.0123
+    assert group.get("weight_decay", 0.0) == (0.0 if name == "rprop" else 0.045)  # Rprop takes no weight decay
+    assert group.get("momentum", 0.0) == (0.7 if name == "sgd_momentum" else 0.0)
+    assert group.get("fused") or group.get("foreach")  # one kernel for all parameters
+    assert len(group["params"]) == len(list(ah.Autoencoder((8, 2)).parameters()))
+
+
+def test_the_schedule_a_config_names_is_the_one_its_optimizer_follows():
+    model = ah.Autoencoder((8, 2))
+    constant = ah.RunConfig(epochs=7)
+    assert ah.make_schedule(ah.make_optimizer(model, constant), constant) is None
+    cosine = constant.replace(schedule="cosine")
+    schedule = ah.make_schedule(ah.make_optimizer(model, cosine), cosine)
+    assert type(schedule).__name__ == "CosineAnnealingLR" and schedule.T_max == 7
+
+
+@pytest.mark.parametrize(("name", "function"), [("mse", F.mse_loss), ("l1", F.l1_loss)])
+def test_each_loss_name_is_its_function_in_training_and_evaluation(name, function):
+    torch.manual_seed(0)
+    model, images = ah.Autoencoder((8, 2)), torch.randn(30, 784)
+    assert ah.LOSSES[name] is function
+    with torch.no_grad():
+        expected = function(model(images), images).item()
+    assert ah.evaluate_loss(model, images, name, batch_size=7) == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_default_config_builds_the_assignments_network():
+    assert ah.RunConfig().layer_sizes == ah.DEFAULT_LAYERS == (1000, 500, 250, 2)
+    assert str(ah.build_model(ah.RunConfig())) == str(ah.Autoencoder())
+    assert (ah.RunConfig().epochs, runs.MAIN_EPOCHS) == (150, 150)  # the main runs train the default epochs
+
+
+def test_the_full_batch_run_takes_one_step_per_epoch(mnist):
+    run = runs.load_run(ROOT / "default_layers/fullbatch_adam_lr5e-4")
+    assert run.config.batch_size == ah.FULL_BATCH
+    assert analyses.steps_run(run, len(mnist.train_images)) == run.metrics["epochs_run"]
 
 
 def test_device_names_say_which_device_ran(monkeypatch):
@@ -228,8 +270,8 @@ def test_the_input_size_is_part_of_the_config_and_rebuilds_the_model(tmp_path):
     config = ah.RunConfig(layer_sizes=(8, 2), input_dim=100, epochs=1)
     model = ah.build_model(config)
     history = {column: [1] for column in ah.HISTORY_COLUMNS}
-    ah.save_run(ah.Run(config, model, history, {"test_mse": 1.0}, None, tmp_path / "runs/run"))  # parent made too
-    loaded = ah.load_run(tmp_path / "runs/run")
+    runs.save_run(ah.Run(config, model, history, {"test_mse": 1.0}, None, tmp_path / "runs/run"))  # parent made too
+    loaded = runs.load_run(tmp_path / "runs/run")
     assert loaded.config.input_dim == 100
     assert loaded.model.input_dim == 100
     x = torch.randn(3, 100)
@@ -246,7 +288,7 @@ def test_data_is_checked_by_its_normalized_flag_not_guessed_from_its_std(mnist):
 
 def test_get_run_names_the_saved_runs_when_the_name_is_unknown():
     with pytest.raises(ValueError, match="no saved run named 'default_layers/nope'; choose one of: default_layers/"):
-        ah.get_run("default_layers/nope")
+        runs.get_run("default_layers/nope")
 
 
 def test_a_config_field_carries_its_default_help_and_choices():

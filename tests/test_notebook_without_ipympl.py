@@ -6,7 +6,7 @@ import os
 import nbclient
 import nbformat
 
-from support import ROOT, copy_project
+from support import QUICK_ENV, ROOT, copy_project
 
 NOTEBOOK = "bmi219_autoencoder.ipynb"
 
@@ -18,7 +18,7 @@ def test_run_all_without_ipympl_finishes_and_the_explorer_says_the_fix(tmp_path)
     copy_project(work)
     (hidden / "ipympl.py").write_text("raise ImportError('No module named ipympl (hidden by the test)')\n")
     nb = nbformat.read(work / NOTEBOOK, as_version=4)
-    env = {**os.environ, "AE_QUICK": "1", "PYTHONPATH": str(hidden)}
+    env = {**os.environ, **QUICK_ENV, "PYTHONPATH": str(hidden)}
     client = nbclient.NotebookClient(
         nb, timeout=900, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(work)}}
     )
@@ -35,7 +35,7 @@ def test_run_all_without_ipympl_finishes_and_the_explorer_says_the_fix(tmp_path)
     assert errors == []
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.execution_count is not None for c in code)  # every later cell ran
-    explorer = next(c for c in code if "ah.explore(" in c.source)
+    explorer = next(c for c in code if "= explore(" in c.source)
     printed = "".join(o.get("text", "") for o in explorer.outputs if o.output_type == "stream")
     assert "no `ipympl`" in printed
     assert "pip install ipympl==0.10.0" in printed

@@ -8,8 +8,10 @@ import sys
 
 import pytest
 
+import ae.metrics as ae_metrics
 import ae_helpers as ah
-from support import ROOT
+from ae import runs
+from support import COMMITTED_WEIGHTS, ROOT
 
 
 def _pins(text):
@@ -30,11 +32,11 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / "README.md").read_text()
 
 
-@pytest.mark.parametrize("name", ah.COMMITTED_WEIGHTS)
+@pytest.mark.parametrize("name", COMMITTED_WEIGHTS)
 def test_committed_weights_reproduce_their_metrics(mnist, name):
-    run = ah.load_run(ROOT / name, require_model=True)
+    run = runs.load_run(ROOT / name, require_model=True)
     train_idx, val_idx = ah.split_indices()
-    measured = ah.measure_run(run.model, mnist, train_idx, val_idx)
+    measured = ae_metrics.measure_run(run.model, mnist, train_idx, val_idx)
     for key in ("train_mse", "test_mse", "knn5_accuracy", "knn5_val_accuracy"):
         assert measured[key] == pytest.approx(run.metrics[key], abs=2e-4), key
 
@@ -43,22 +45,22 @@ def test_committed_weights_reproduce_their_metrics(mnist, name):
 def test_summaries_match_the_run_folders(group):
     with open(ROOT / group / "summary.csv") as f:
         rows = {row["run"]: row for row in csv.DictReader(f)}
-    runs = [n for n in ah.EXPERIMENTS if n.startswith(group + "/")]
-    assert runs
-    for name in runs:
+    names = [n for n in runs.EXPERIMENTS if n.startswith(group + "/")]
+    assert names
+    for name in names:
         metrics = json.loads((ROOT / name / "metrics.json").read_text())
         row = rows[name.split("/", 1)[1]]
         assert float(row["test_mse"]) == metrics["test_mse"]
         assert int(row["epochs"]) == metrics["epochs_run"]
         config = ah.RunConfig.from_dict(json.loads((ROOT / name / "config.json").read_text()))
-        assert config == ah.EXPERIMENTS[name], f"{name} was trained with another config than EXPERIMENTS"
-        assert ah.run_is_complete(ROOT / name, ah.EXPERIMENTS[name]), f"the notebook would retrain {name}"
+        assert config == runs.EXPERIMENTS[name], f"{name} was trained with another config than EXPERIMENTS"
+        assert runs.run_is_complete(ROOT / name, runs.EXPERIMENTS[name]), f"the notebook would retrain {name}"
     assert "PCA-2 baseline" in rows
 
 
 def test_readme_figures_match_the_committed_results():
     readme = (ROOT / "README.md").read_text()
-    for name in ah.COMMITTED_WEIGHTS:
+    for name in COMMITTED_WEIGHTS:
         metrics = json.loads((ROOT / name / "metrics.json").read_text())
         assert f"{metrics['test_mse']:.4f}" in readme, f"README does not quote {name}'s test MSE"
 

@@ -13,17 +13,19 @@ import time
 
 import pytest
 
+import ae.metrics as ae_metrics
 import ae_cli
 import ae_helpers as ah
+from ae import figures, runs
 from support import ROOT, copy_finished_run
 
 
 @pytest.fixture(autouse=True)
 def _no_real_workers(monkeypatch):
     """A part that wrongly starts a real worker, or trains in this process, fails at once here, instead of
-    training real runs for hours (a test that means to train replaces ah.train with its own)."""
+    training real runs for hours (a test that means to train replaces runs.train_run with its own)."""
     monkeypatch.setattr(ae_cli.subprocess, "run", lambda command, **options: pytest.fail(f"started {command}"))
-    monkeypatch.setattr(ah, "train", lambda config, data, **options: pytest.fail(f"trained {config}"))
+    monkeypatch.setattr(runs, "train_run", lambda config, data, **options: pytest.fail(f"trained {config}"))
 
 
 FINISHED = ("default_layers/adam_lr5e-4", "mynet/adam_lr5e-4")  # committed runs
@@ -36,7 +38,7 @@ def _copy_finished(root, names=FINISHED):
 
 @pytest.mark.parametrize("only", [None, []])
 def test_no_choice_means_every_run(only):
-    assert ae_cli.check_experiments(only, 1) == list(ah.EXPERIMENTS)
+    assert ae_cli.check_experiments(only, 1) == list(runs.EXPERIMENTS)
 
 
 @pytest.mark.parametrize("jobs", [0, -1, 1.5, True, "2"])
@@ -46,7 +48,7 @@ def test_jobs_must_be_a_whole_number_from_1(jobs):
 
 
 def test_unknown_runs_are_named_with_the_choices():
-    choices = ", ".join(ah.EXPERIMENTS)
+    choices = ", ".join(runs.EXPERIMENTS)
     with pytest.raises(ValueError, match=re.escape(f"unknown run(s) ['mynet/nope']; choose from: {choices}.")):
         ae_cli.check_experiments(["mynet/adam_lr5e-4", "mynet/nope"], 1)
 
@@ -71,7 +73,7 @@ def test_parallel_runs_start_longest_first_with_an_equal_share_of_threads(monkey
     ]
     calls, launch = _recorder()
     ae_cli._train_in_parallel(names, "R", "D", 1, True, "cpu", progress=False, launch=launch)  # one at a time
-    work = {n: ah.EXPERIMENTS[n].epochs * sum(ah.EXPERIMENTS[n].layer_sizes) for n in names}
+    work = {n: runs.EXPERIMENTS[n].epochs * sum(runs.EXPERIMENTS[n].layer_sizes) for n in names}
     assert [call[0] for call in calls] == sorted(names, key=work.get, reverse=True)
     assert {call[1:] for call in calls} == {("R", "D", 8, True, "cpu")}  # 8 threads / 1 job
     assert capsys.readouterr().out.splitlines() == [f"{call[0]}: finished" for call in calls]
@@ -170,7 +172,7 @@ def test_redraw_with_several_jobs_redraws_in_this_process(tmp_path, monkeypatch)
 def test_summaries_list_each_finished_run_with_its_metrics_and_the_pca_baseline(tmp_path, mnist, monkeypatch):
     _copy_finished(tmp_path, FINISHED[:1])
     pca = {"test_mse": 0.5, "knn5_accuracy": 0.4}
-    monkeypatch.setattr(ah, "pca_baseline", lambda data: pca)
+    monkeypatch.setattr(ae_metrics, "pca_baseline", lambda data: pca)
     ae_cli.write_summaries(tmp_path)  # without data: no baseline row
     rows = list(csv.DictReader(io.StringIO((tmp_path / "default_layers/summary.csv").read_text())))
     metrics = json.loads((ROOT / FINISHED[0] / "metrics.json").read_text())
@@ -202,7 +204,7 @@ def test_a_finished_run_of_another_config_is_trained_again(tmp_path, capsys, mon
         trained.append(run_dir)
         raise InterruptedError("stop before training")
 
-    monkeypatch.setattr(ah, "train", train)
+    monkeypatch.setattr(runs, "train_run", train)
     with pytest.raises(InterruptedError):
         ae_cli._train_or_skip(name, "[1/1]", tmp_path, None, False, False, "cpu", False)
     assert trained == [tmp_path / name]
@@ -212,12 +214,12 @@ def test_a_finished_run_of_another_config_is_trained_again(tmp_path, capsys, mon
 @pytest.mark.parametrize("force, progress", [(False, True), (True, False)])
 def test_a_run_is_trained_as_asked_then_drawn_and_summarized(tmp_path, monkeypatch, force, progress):
     name, data, run, seen = "mynet/adam_lr5e-4", object(), object(), []
-    monkeypatch.setattr(ah, "train", lambda config, data, **options: seen.append((config, data, options)) or run)
-    monkeypatch.setattr(ah, "draw_run_figures", lambda *args: seen.append(args))
+    monkeypatch.setattr(runs, "train_run", lambda config, data, **options: seen.append((config, data, options)) or run)
+    monkeypatch.setattr(figures, "draw_run_figures", lambda *args: seen.append(args))
     monkeypatch.setattr(ae_cli, "write_summaries", lambda *args: seen.append(args))
     ae_cli._train_or_skip(name, "[1/1]", tmp_path, data, False, force, "cpu", progress)
     options = dict(run_dir=tmp_path / name, device="cpu", progress=progress, resume=not force)
-    assert seen == [(ah.EXPERIMENTS[name], data, options), (run, data), (tmp_path, data)]
+    assert seen == [(runs.EXPERIMENTS[name], data, options), (run, data), (tmp_path, data)]
 
 
 def test_a_redraw_measures_on_the_split_of_the_data_given(tmp_path, monkeypatch):
@@ -225,10 +227,10 @@ def test_a_redraw_measures_on_the_split_of_the_data_given(tmp_path, monkeypatch)
     folder = copy_finished_run(FINISHED[0], tmp_path)
     shutil.copy(ROOT / FINISHED[0] / "model.pt", folder / "model.pt")  # a redraw measures only with weights
     data, seen = type("Data", (), {"train_images": range(10000)})(), []
-    monkeypatch.setattr(ah, "measure_run", lambda model, data, *split: seen.append(split) or {"test_mse": 9.0})
-    monkeypatch.setattr(ah, "draw_run_figures", lambda run, data: seen.append(run.metrics["test_mse"]))
+    monkeypatch.setattr(ae_metrics, "measure_run", lambda model, data, *split: seen.append(split) or {"test_mse": 9.0})
+    monkeypatch.setattr(figures, "draw_run_figures", lambda run, data: seen.append(run.metrics["test_mse"]))
     ae_cli._redraw(folder, data)
-    config = ah.load_run(folder).config
+    config = runs.load_run(folder).config
     (train_idx, val_idx), want = seen[0], ah.run_split(config, 10000)
     assert train_idx.tolist() == want[0].tolist() and val_idx.tolist() == want[1].tolist()
     assert seen[1] == 9.0 and json.loads((folder / "metrics.json").read_text())["test_mse"] == 9.0
@@ -237,7 +239,9 @@ def test_a_redraw_measures_on_the_split_of_the_data_given(tmp_path, monkeypatch)
 @pytest.mark.parametrize("progress, jobs", [(True, 2), (False, 1)])
 def test_the_parallel_progress_bar_counts_runs_when_asked(monkeypatch, progress, jobs):
     bars = []
-    monkeypatch.setattr(ah, "_progress", lambda iterable, show, desc, unit: bars.append((show, desc, unit)) or iterable)
+    monkeypatch.setattr(
+        ah, "progress_bar", lambda iterable, show, desc, unit: bars.append((show, desc, unit)) or iterable
+    )
     _, launch = _recorder()
     ae_cli._train_in_parallel(list(FINISHED), "R", "D", jobs, False, "cpu", progress, launch=launch)
     ae_cli._train_in_parallel([], "R", "D", jobs, False, "cpu", progress, launch=launch)
@@ -245,11 +249,11 @@ def test_the_parallel_progress_bar_counts_runs_when_asked(monkeypatch, progress,
 
 
 def test_a_progress_bar_shows_its_description_and_counts_its_unit(capsys):
-    assert list(ah._progress(range(3), True, "experiments", unit="run")) == [0, 1, 2]
+    assert list(ah.progress_bar(range(3), True, "experiments", unit="run")) == [0, 1, 2]
     shown = capsys.readouterr().err
     assert "experiments" in shown and "3/3" in shown and "run/s" in shown and "epoch" not in shown
     numbers = range(3)
-    assert ah._progress(numbers, False, "experiments") is numbers and capsys.readouterr().err == ""
+    assert ah.progress_bar(numbers, False, "experiments") is numbers and capsys.readouterr().err == ""
 
 
 def test_runs_one_at_a_time_get_the_loaded_data_and_every_option_then_a_summary(tmp_path, monkeypatch):
@@ -283,7 +287,7 @@ def test_a_finished_bar_stays_in_a_notebook_too(monkeypatch):
     import tqdm.notebook
 
     monkeypatch.setattr(tqdm.auto, "tqdm", tqdm.notebook.tqdm)  # what tqdm.auto picks in Jupyter
-    bar = ah._progress(range(3), True, "experiments", unit="run")
+    bar = ah.progress_bar(range(3), True, "experiments", unit="run")
     assert list(bar) == [0, 1, 2]
     assert bar.container.layout.visibility != "hidden"  # a notebook bar whose leave is not True is hidden at its end
 
@@ -297,7 +301,7 @@ def test_a_runs_first_line_leaves_the_buffer_before_it_trains(tmp_path, monkeypa
         seen.append(bool(flushed))
         raise KeyboardInterrupt  # enough: training has started
 
-    monkeypatch.setattr(ah, "train", train)
+    monkeypatch.setattr(runs, "train_run", train)
     with pytest.raises(KeyboardInterrupt):
         ae_cli._train_or_skip("mynet/adam_lr5e-4", "[1/1]", tmp_path, None, False, False, "cpu", False)
     assert seen == [True]

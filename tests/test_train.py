@@ -15,21 +15,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import ae.metrics as ae_metrics
 import ae_helpers as ah
+from ae import figures, runs
 from support import ROOT, copy_finished_run
 
 
 def test_same_seed_same_losses_other_seed_other_losses(mnist, small_config):
-    first = ah.train(small_config, mnist, progress=False)
-    again = ah.train(small_config, mnist, progress=False)
-    other = ah.train(ah.RunConfig(**{**small_config.to_dict(), "seed": 1}), mnist, progress=False)
+    first = runs.train_run(small_config, mnist, progress=False)
+    again = runs.train_run(small_config, mnist, progress=False)
+    other = runs.train_run(ah.RunConfig(**{**small_config.to_dict(), "seed": 1}), mnist, progress=False)
     assert first.history["train_loss"] == again.history["train_loss"]
     assert first.history["test_loss"] == again.history["test_loss"]
     assert first.history["train_loss"] != other.history["train_loss"]
 
 
 def test_training_reduces_loss_and_keeps_best_validation_weights(mnist, small_config):
-    run = ah.train(small_config, mnist, progress=False)
+    run = runs.train_run(small_config, mnist, progress=False)
     h = run.history
     assert h["train_loss"][-1] < h["train_loss"][0]
     assert h["val_loss"][-1] < h["val_loss"][0]
@@ -41,7 +43,7 @@ def test_training_reduces_loss_and_keeps_best_validation_weights(mnist, small_co
 
 def test_a_runs_times_add_up_within_the_call_and_give_its_throughput(mnist, small_config):
     start = time.perf_counter()
-    run = ah.train(small_config, mnist, progress=False)
+    run = runs.train_run(small_config, mnist, progress=False)
     elapsed = time.perf_counter() - start
     seconds, metrics = run.history["seconds"], run.metrics
     assert all(s > 0 for s in seconds) and sum(seconds) < elapsed
@@ -55,7 +57,7 @@ def test_a_runs_times_add_up_within_the_call_and_give_its_throughput(mnist, smal
 def test_the_training_time_adds_up_each_epochs_training_part_without_its_evaluation(mnist, small_config, monkeypatch):
     ticks = iter(range(100))  # a clock that moves 1 s at each reading: each epoch trains 1 s and takes 2 s in all
     monkeypatch.setattr(ah, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
-    run = ah.train(small_config, mnist, progress=False)
+    run = runs.train_run(small_config, mnist, progress=False)
     assert run.history["seconds"] == [2.0, 2.0, 2.0]
     assert (run.metrics["seconds"], run.metrics["train_seconds"]) == (6.0, 3.0)
     assert run.metrics["samples_per_second"] == small_config.train_subset  # 3 epochs of 2,000 images in 3 s
@@ -68,7 +70,7 @@ def _throughput_is(metrics, images) -> bool:
 
 
 def test_the_progress_bar_and_the_tracked_epochs_follow_the_run(mnist, small_config, capsys):
-    run = ah.train(small_config.replace(track_every=2), mnist)  # by default, with a progress bar
+    run = runs.train_run(small_config.replace(track_every=2), mnist)  # by default, with a progress bar
     shown, h = capsys.readouterr().err, run.history
     assert f"64-2 relu adam lr={small_config.lr:g} bs=100" in shown and "3/3" in shown and "epoch/s" in shown
     assert shown.endswith("\n")  # the finished bar stays on screen
@@ -112,9 +114,9 @@ def _scripted_validation(monkeypatch, val_losses, val_size):
 def test_when_validation_loss_rises_the_best_epochs_weights_are_kept_not_the_last(mnist, small_config, monkeypatch):
     config = ah.RunConfig(**{**small_config.to_dict(), "epochs": 4})
     _scripted_validation(monkeypatch, [0.9, 0.5, 0.5, 0.8], config.val_size)  # a tie keeps the earlier epoch
-    run = ah.train(config, mnist, progress=False)
+    run = runs.train_run(config, mnist, progress=False)
     _scripted_validation(monkeypatch, [0.9, 0.5], config.val_size)
-    two_epochs = ah.train(ah.RunConfig(**{**config.to_dict(), "epochs": 2}), mnist, progress=False)
+    two_epochs = runs.train_run(ah.RunConfig(**{**config.to_dict(), "epochs": 2}), mnist, progress=False)
     assert run.metrics["best_epoch"] == 2
     assert run.history["val_loss"] == [0.9, 0.5, 0.5, 0.8]
     for name, weights in run.model.state_dict().items():
@@ -122,10 +124,10 @@ def test_when_validation_loss_rises_the_best_epochs_weights_are_kept_not_the_las
 
 
 def test_run_folder_is_complete_and_loads(mnist, small_config, tmp_path):
-    run = ah.train(small_config, mnist, run_dir=tmp_path / "run", progress=False)
-    assert ah.run_is_complete(tmp_path / "run", small_config)
+    run = runs.train_run(small_config, mnist, run_dir=tmp_path / "run", progress=False)
+    assert runs.run_is_complete(tmp_path / "run", small_config)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
-    loaded = ah.load_run(tmp_path / "run")
+    loaded = runs.load_run(tmp_path / "run")
     assert loaded.config == small_config
     assert loaded.metrics == run.metrics
     assert loaded.history["train_loss"] == pytest.approx(run.history["train_loss"])
@@ -136,23 +138,23 @@ def test_run_folder_is_complete_and_loads(mnist, small_config, tmp_path):
 
 
 def test_a_folder_trained_with_another_config_is_retrained(mnist, small_config, tmp_path, capsys):
-    ah.train(small_config, mnist, run_dir=tmp_path / "run", progress=False)
+    runs.train_run(small_config, mnist, run_dir=tmp_path / "run", progress=False)
     other = ah.RunConfig(**{**small_config.to_dict(), "lr": 1e-3})
-    run = ah.load_or_train(other, tmp_path / "run", mnist, progress=False)
+    run = runs.load_or_train(other, tmp_path / "run", mnist, progress=False)
     assert "trained with another config; retraining" in capsys.readouterr().out
     assert run.config == other
     assert ah.RunConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text())) == other
-    missing = ah.load_or_train(small_config, tmp_path / "absent", mnist, progress=False)
-    assert ah.run_is_complete(tmp_path / "absent", small_config)
+    missing = runs.load_or_train(small_config, tmp_path / "absent", mnist, progress=False)
+    assert runs.run_is_complete(tmp_path / "absent", small_config)
     assert missing.model is not None
 
 
 def test_a_finished_folder_trained_again_is_unfinished_until_the_new_run_is(mnist, small_config, tmp_path, monkeypatch):
     folder = tmp_path / "run"
-    ah.train(small_config, mnist, run_dir=folder, progress=False)
-    assert ah.run_is_complete(folder)
+    runs.train_run(small_config, mnist, run_dir=folder, progress=False)
+    assert runs.run_is_complete(folder)
     _interrupt(small_config.replace(lr=1e-3), mnist, folder, monkeypatch)  # the new run is stopped in its 3rd epoch
-    assert not ah.run_is_complete(folder)  # the old run's metrics.json is gone: nothing passes it off as the new one
+    assert not runs.run_is_complete(folder)  # the old run's metrics.json is gone: nothing passes it off as the new one
     assert not (folder / "metrics.json").exists()
     assert json.loads((folder / "config.json").read_text()) == small_config.replace(lr=1e-3).to_dict()  # what it trains
 
@@ -160,26 +162,26 @@ def test_a_finished_folder_trained_again_is_unfinished_until_the_new_run_is(mnis
 def test_a_run_killed_after_its_last_checkpoint_finishes_without_training_again(
     mnist, small_config, tmp_path, monkeypatch
 ):
-    folder, finish = tmp_path / "run", ah._finish
+    folder, measure = tmp_path / "run", runs.measure_run
 
     def killed(*args):
         raise KeyboardInterrupt  # after the last epoch's checkpoint, before the run folder is written
 
-    monkeypatch.setattr(ah, "_finish", killed)
+    monkeypatch.setattr(runs, "measure_run", killed)
     with pytest.raises(KeyboardInterrupt):
-        ah.train(small_config, mnist, run_dir=folder, progress=False)
-    assert (folder / "checkpoint.pt").exists() and not ah.run_is_complete(folder)
-    monkeypatch.setattr(ah, "_finish", finish)
-    monkeypatch.setattr(ah, "run_epoch", lambda *args: pytest.fail("an epoch was trained again"))
-    run = ah.train(small_config, mnist, run_dir=folder, progress=False)
-    assert ah.run_is_complete(folder, small_config) and run.metrics["epochs_run"] == small_config.epochs
+        runs.train_run(small_config, mnist, run_dir=folder, progress=False)
+    assert (folder / "checkpoint.pt").exists() and not runs.run_is_complete(folder)
+    monkeypatch.setattr(runs, "measure_run", measure)
+    monkeypatch.setattr(ah, "train_epoch", lambda *args, **kwargs: pytest.fail("an epoch was trained again"))
+    run = runs.train_run(small_config, mnist, run_dir=folder, progress=False)
+    assert runs.run_is_complete(folder, small_config) and run.metrics["epochs_run"] == small_config.epochs
     assert run.metrics["train_seconds"] == 0 and run.metrics["samples_per_second"] is None  # none trained in this call
 
 
 def test_divergence_stops_warns_keeps_best_weights_and_plots_finite_part(mnist, small_config):
     config = ah.RunConfig(**{**small_config.to_dict(), "optimizer": "sgd_momentum", "lr": 20.0, "epochs": 6})
     with pytest.warns(RuntimeWarning) as caught:
-        run = ah.train(config, mnist, progress=False)
+        run = ah.train(config, mnist, progress=False)  # the loop warns; its caller's line is shown
     message = str(caught[0].message)
     losses = run.history["train_loss"]
     assert message.startswith(f"training diverged at epoch {len(losses)}: the loss became {losses[-1]}. ")
@@ -191,7 +193,7 @@ def test_divergence_stops_warns_keeps_best_weights_and_plots_finite_part(mnist, 
     assert not math.isfinite(losses[-1])
     assert len(losses) < 6
     assert all(torch.isfinite(p).all() for p in run.model.parameters())
-    fig = ah.plot_learning_curves({"diverged": run})
+    fig = figures.plot_learning_curves({"diverged": run})
     for line in fig.axes[0].lines:
         assert all(math.isfinite(y) for y in line.get_ydata())
 
@@ -199,13 +201,13 @@ def test_divergence_stops_warns_keeps_best_weights_and_plots_finite_part(mnist, 
 def test_a_run_that_diverges_in_its_first_epoch_keeps_and_saves_its_initial_weights(mnist, small_config, tmp_path):
     config = ah.RunConfig(**{**small_config.to_dict(), "optimizer": "sgd_momentum", "lr": 1e3})
     with pytest.warns(RuntimeWarning, match="diverged at epoch 1"):
-        run = ah.train(config, mnist, run_dir=tmp_path, progress=False)
+        run = runs.train_run(config, mnist, run_dir=tmp_path, progress=False)
     torch.manual_seed(config.seed)
     initial = ah.build_model(config).state_dict()
     assert run.metrics["best_epoch"] == 0 and run.metrics["diverged"] and run.metrics["epochs_run"] == 1
     assert all(torch.equal(w, initial[name]) for name, w in run.model.state_dict().items())
-    assert ah.run_is_complete(tmp_path, config) and not (tmp_path / "checkpoint.pt").exists()
-    saved = ah.load_run(tmp_path, require_model=True)
+    assert runs.run_is_complete(tmp_path, config) and not (tmp_path / "checkpoint.pt").exists()
+    saved = runs.load_run(tmp_path, require_model=True)
     assert all(torch.equal(w, initial[name]) for name, w in saved.model.state_dict().items())
 
 
@@ -215,8 +217,8 @@ SLOW_RUN = dict(layer_sizes=[256, 2], epochs=4, train_subset=20000, batch_size=3
 def test_killed_run_is_not_finished_and_resumes_to_the_same_result(mnist, tmp_path):
     run_dir = tmp_path / "killed"
     script = (
-        "import ae_helpers as ah; "
-        f"ah.train(ah.RunConfig(**{SLOW_RUN!r}), ah.load_mnist({str(ROOT / 'data')!r}), "
+        "import ae_helpers as ah; from ae import runs; "
+        f"runs.train_run(ah.RunConfig(**{SLOW_RUN!r}), ah.load_mnist({str(ROOT / 'data')!r}), "
         f"run_dir={str(run_dir)!r}, progress=False)"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
@@ -227,31 +229,31 @@ def test_killed_run_is_not_finished_and_resumes_to_the_same_result(mnist, tmp_pa
     proc.wait()
     assert (run_dir / "checkpoint.pt").exists()
     assert (run_dir / "config.json").exists()
-    assert not ah.run_is_complete(run_dir)
+    assert not runs.run_is_complete(run_dir)
     with pytest.raises(FileNotFoundError, match="holds no finished run"):
-        ah.load_run(run_dir)
+        runs.load_run(run_dir)
     done_epochs = torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"]
     assert 1 <= done_epochs < SLOW_RUN["epochs"]
 
     config = ah.RunConfig(**SLOW_RUN)
-    resumed = ah.train(config, mnist, run_dir=run_dir, progress=False)
-    straight = ah.train(config, mnist, progress=False)
+    resumed = runs.train_run(config, mnist, run_dir=run_dir, progress=False)
+    straight = runs.train_run(config, mnist, progress=False)
     assert resumed.history["train_loss"] == straight.history["train_loss"]
     assert resumed.history["val_loss"] == straight.history["val_loss"]
     assert all(
         torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(), straight.model.state_dict().values())
     )
-    assert ah.run_is_complete(run_dir, config)
+    assert runs.run_is_complete(run_dir, config)
     assert _throughput_is(resumed.metrics, SLOW_RUN["train_subset"] * (SLOW_RUN["epochs"] - done_epochs))
 
 
 def test_weights_of_another_architecture_or_not_a_checkpoint(tmp_path):
     torch.save(ah.Autoencoder((500, 200, 2)).state_dict(), tmp_path / "mynet.pt")
     with pytest.raises(ValueError, match="weights of another architecture than 1000-500-250-2"):
-        ah.load_weights(ah.Autoencoder(), tmp_path / "mynet.pt")
+        runs.load_weights(ah.Autoencoder(), tmp_path / "mynet.pt")
     (tmp_path / "notes.pt").write_text("not a checkpoint")
     with pytest.raises(ValueError, match="not a weights file"):
-        ah.load_weights(ah.Autoencoder(), tmp_path / "notes.pt")
+        runs.load_weights(ah.Autoencoder(), tmp_path / "notes.pt")
 
 
 class _Exploit:
@@ -267,75 +269,36 @@ def test_loading_never_runs_pickled_code(tmp_path):
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump({"encoder.0.weight": _Exploit(marker)}, f)
     with pytest.raises(ValueError, match="not a weights file"):
-        ah.load_weights(ah.Autoencoder(), tmp_path / "evil.pt")
+        runs.load_weights(ah.Autoencoder(), tmp_path / "evil.pt")
     assert not marker.exists()
 
 
 def test_a_runs_tracking_file_never_runs_pickled_code(tmp_path):
     run_dir = copy_finished_run("mynet/adam_lr5e-4", tmp_path)  # no weights, no tracking.pt
-    assert ah.load_run(run_dir).tracking is None
+    assert runs.load_run(run_dir).tracking is None
     marker = tmp_path / "pwned"
     with open(run_dir / "tracking.pt", "wb") as f:
         pickle.dump({"epochs": _Exploit(marker)}, f, protocol=2)  # the protocol torch.save uses
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        ah.load_run(run_dir)
+        runs.load_run(run_dir)
     assert not marker.exists()
 
 
-def test_quick_mode_trains_a_saved_run_in_a_temporary_folder(mnist, monkeypatch, tmp_path):
-    monkeypatch.setattr(ah, "QUICK", True)
-    monkeypatch.setattr(ah, "_QUICK_ROOT", tmp_path)
-    run = ah.get_run("mynet/adam_lr5e-4", mnist, progress=False)
-    assert run.run_dir.resolve().is_relative_to(tmp_path.resolve())
-    assert run.config.epochs == 1
-    assert ah.run_is_complete(run.run_dir, run.config)
-
-
-def test_quick_mode_keeps_a_smaller_subset_and_a_batch_that_fits_it(monkeypatch):
-    monkeypatch.setattr(ah, "QUICK", True)
-    quick = ah.quick_config(ah.RunConfig(train_subset=500, batch_size=1000, track_every=10, epochs=150))
-    assert (quick.epochs, quick.train_subset, quick.batch_size, quick.track_every) == (1, 500, 500, 1)
-    assert ah.quick_config(ah.RunConfig(train_subset=5000)).train_subset == 2000  # a larger one is cut
-
-
-def test_quick_mode_makes_one_temporary_folder_per_session(monkeypatch):
-    monkeypatch.setattr(ah, "_QUICK_ROOT", None)
-    first = ah._quick_root()
-    try:
-        assert first.is_dir() and first.name.startswith("ae-quick-")
-        assert ah._quick_root() == first
-        assert not first.resolve().is_relative_to(ROOT.resolve())
-    finally:
-        first.rmdir()
-
-
-def test_get_run_loads_the_committed_run_outside_quick_mode(mnist, monkeypatch):
-    monkeypatch.setattr(ah, "QUICK", False)
-    monkeypatch.setattr(ah, "train", lambda *a, **k: pytest.fail("a finished run is loaded, not trained"))
+def test_get_run_loads_the_committed_run(mnist, monkeypatch):
+    monkeypatch.setattr(runs, "train_run", lambda *a, **k: pytest.fail("a finished run is loaded, not trained"))
     name = "default_layers/adam_lr5e-4"
-    run = ah.get_run(name, mnist, need_model=True, progress=False)
+    run = runs.get_run(name, mnist, need_model=True, progress=False)
     assert run.run_dir == ROOT / name
     assert run.metrics == json.loads((ROOT / name / "metrics.json").read_text())
     assert run.model is not None
 
 
 def test_a_run_without_its_weights_is_trained_again_only_when_the_weights_are_needed(mnist, small_config, tmp_path):
-    ah.train(small_config, mnist, run_dir=tmp_path / "run", progress=False)
+    runs.train_run(small_config, mnist, run_dir=tmp_path / "run", progress=False)
     (tmp_path / "run" / "model.pt").unlink()  # as for the runs whose weights are not committed
-    assert ah.load_or_train(small_config, tmp_path / "run", mnist, progress=False).model is None
-    run = ah.load_or_train(small_config, tmp_path / "run", mnist, need_model=True, progress=False)
+    assert runs.load_or_train(small_config, tmp_path / "run", mnist, progress=False).model is None
+    run = runs.load_or_train(small_config, tmp_path / "run", mnist, need_model=True, progress=False)
     assert run.model is not None and (tmp_path / "run" / "model.pt").is_file()
-
-
-def test_quick_config_shrinks_only_in_quick_mode(monkeypatch):
-    config = ah.RunConfig()
-    monkeypatch.setattr(ah, "QUICK", False)
-    assert ah.quick_config(config) is config
-    monkeypatch.setattr(ah, "QUICK", True)
-    quick = ah.quick_config(config)
-    assert quick.epochs == 1
-    assert quick.train_subset == 2000
-    assert quick.layer_sizes == config.layer_sizes
 
 
 def test_weight_average_is_an_exponential_moving_average():
@@ -363,14 +326,14 @@ def _interrupt(config, mnist, run_dir, monkeypatch):
 
     monkeypatch.setattr(ah, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        ah.train(config, mnist, run_dir=run_dir, progress=False)
+        runs.train_run(config, mnist, run_dir=run_dir, progress=False)
     monkeypatch.setattr(ah, "train_epoch", real_epoch)
 
 
 def _interrupted_then_resumed(config, mnist, run_dir, monkeypatch):
     """Train ``config`` into ``run_dir``, interrupted in its third epoch; resume; return the resumed run."""
     _interrupt(config, mnist, run_dir, monkeypatch)
-    return ah.train(config, mnist, run_dir=run_dir, progress=False)
+    return runs.train_run(config, mnist, run_dir=run_dir, progress=False)
 
 
 def test_a_checkpoint_is_resumed_unless_asked_not_to_and_never_runs_pickled_code(
@@ -385,8 +348,8 @@ def test_a_checkpoint_is_resumed_unless_asked_not_to_and_never_runs_pickled_code
     fresh_dir = tmp_path / "fresh"
     shutil.copytree(run_dir, fresh_dir)
 
-    resumed = ah.train(small_config, mnist, run_dir=run_dir, progress=False)
-    fresh = ah.train(small_config, mnist, run_dir=fresh_dir, progress=False, resume=False)
+    resumed = runs.train_run(small_config, mnist, run_dir=run_dir, progress=False)
+    fresh = runs.train_run(small_config, mnist, run_dir=fresh_dir, progress=False, resume=False)
     assert resumed.history["train_loss"][0] == 123.0 and len(resumed.history["epoch"]) == 3
     assert fresh.history["train_loss"][0] != 123.0 and len(fresh.history["epoch"]) == 3
     assert resumed.history["train_loss"][1:] == fresh.history["train_loss"][1:]
@@ -396,14 +359,14 @@ def test_a_checkpoint_is_resumed_unless_asked_not_to_and_never_runs_pickled_code
     with open(run_dir / "checkpoint.pt", "wb") as f:
         pickle.dump({"config": _Exploit(marker)}, f, protocol=2)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        ah.train(small_config, mnist, run_dir=run_dir, progress=False)
+        runs.train_run(small_config, mnist, run_dir=run_dir, progress=False)
     assert not marker.exists()
 
 
 def test_averaged_weights_are_the_ones_evaluated_kept_and_resumed(mnist, small_config, tmp_path, monkeypatch):
     config = ah.RunConfig(**{**small_config.to_dict(), "ema": 0.99, "epochs": 4})
-    plain = ah.train(small_config, mnist, progress=False)
-    averaged = ah.train(config, mnist, progress=False)
+    plain = runs.train_run(small_config, mnist, progress=False)
+    averaged = runs.train_run(config, mnist, progress=False)
     # Same steps as the plain run (same seed), but the losses are the average's.
     assert averaged.history["train_loss"][:3] == plain.history["train_loss"]
     assert averaged.history["val_loss"][:3] != plain.history["val_loss"]
@@ -423,7 +386,7 @@ def test_averaged_weights_are_the_ones_evaluated_kept_and_resumed(mnist, small_c
 
 def test_an_l1_run_is_validated_and_tested_in_l1(mnist, small_config):
     config = small_config.replace(loss="l1", epochs=2)
-    run = ah.train(config, mnist, progress=False)
+    run = runs.train_run(config, mnist, progress=False)
     _, val_idx = ah.run_split(config, len(mnist.train_images))
     best = run.metrics["best_epoch"] - 1
     for column, images in (("val_loss", mnist.train_images[val_idx]), ("test_loss", mnist.test_images)):
@@ -451,9 +414,9 @@ def test_denoising_corrupts_the_inputs_only_and_repeats_on_resume(mnist, small_c
 
     # Same config: the same losses; interrupted and resumed: the same noise, so the same run.
     config = ah.RunConfig(**{**small_config.to_dict(), "noise": 0.5, "epochs": 4})
-    once, again = (ah.train(config, mnist, progress=False) for _ in range(2))
+    once, again = (runs.train_run(config, mnist, progress=False) for _ in range(2))
     assert once.history["train_loss"] == again.history["train_loss"]
-    clean = ah.train(ah.RunConfig(**{**config.to_dict(), "noise": 0.0}), mnist, progress=False)
+    clean = runs.train_run(ah.RunConfig(**{**config.to_dict(), "noise": 0.0}), mnist, progress=False)
     assert once.history["train_loss"][0] > clean.history["train_loss"][0]  # noisy inputs are harder
     resumed = _interrupted_then_resumed(config, mnist, tmp_path / "run", monkeypatch)
     assert resumed.history["train_loss"] == once.history["train_loss"]
@@ -473,15 +436,15 @@ def test_an_epoch_computes_in_bfloat16_only_when_asked(bf16, dtype):
 
 def test_runs_saved_before_a_new_config_field_still_count_as_finished(mnist, small_config, tmp_path):
     # config.json written before RunConfig gained a field (here: ema) must not send the run back to training
-    ah.train(small_config, mnist, run_dir=tmp_path / "run", progress=False)
+    runs.train_run(small_config, mnist, run_dir=tmp_path / "run", progress=False)
     path = tmp_path / "run" / "config.json"
     saved = json.loads(path.read_text())
     del saved["ema"]
     path.write_text(json.dumps(saved))
-    assert ah.run_is_complete(tmp_path / "run", small_config)
-    assert not ah.run_is_complete(tmp_path / "run", ah.RunConfig(**{**small_config.to_dict(), "ema": 0.9}))
+    assert runs.run_is_complete(tmp_path / "run", small_config)
+    assert not runs.run_is_complete(tmp_path / "run", ah.RunConfig(**{**small_config.to_dict(), "ema": 0.9}))
     path.write_text(json.dumps({**saved, "no_such_field": 1}))
-    assert not ah.run_is_complete(tmp_path / "run", small_config)
+    assert not runs.run_is_complete(tmp_path / "run", small_config)
 
 
 def test_an_epoch_takes_only_the_batches_its_order_names():
@@ -499,9 +462,9 @@ def test_mnist_is_loaded_as_the_config_says_only_when_no_data_is_given(mnist, sm
     loads = []
     monkeypatch.setattr(ah, "load_mnist", lambda **kwargs: loads.append(kwargs) or mnist)
     config = small_config.replace(epochs=1)
-    ah.train(config, mnist, progress=False)
+    runs.train_run(config, mnist, progress=False)
     assert loads == []
-    ah.train(config, progress=False)
+    runs.train_run(config, progress=False)
     assert loads == [{"normalize": True}]
 
 
@@ -514,7 +477,7 @@ def test_an_epoch_steps_once_per_batch_the_last_one_short(mnist, small_config, m
         return optimizer
 
     monkeypatch.setattr(ah, "make_optimizer", counting)
-    ah.train(small_config.replace(epochs=2, batch_size=300), mnist, progress=False)
+    runs.train_run(small_config.replace(epochs=2, batch_size=300), mnist, progress=False)
     assert len(steps) == 2 * 7  # 2,000 images in batches of 300: six full ones and one of 200, each epoch
 
 
@@ -529,12 +492,12 @@ def test_an_epoch_returns_its_loss_summed_over_images_the_last_batch_short():
 def test_without_a_validation_split_the_lowest_training_loss_keeps_its_weights(mnist, small_config, monkeypatch):
     real, script = ah.train_epoch, [0.9, 0.5, 0.8]
 
-    def scripted(model, optimizer, images, *args):  # trains for real; reports the scripted mean loss
-        real(model, optimizer, images, *args)
+    def scripted(model, optimizer, images, *args, **kwargs):  # trains for real; reports the scripted mean loss
+        real(model, optimizer, images, *args, **kwargs)
         return torch.tensor(script.pop(0) * len(images))
 
     monkeypatch.setattr(ah, "train_epoch", scripted)
-    run = ah.train(small_config.replace(val_size=0), mnist, progress=False)
+    run = runs.train_run(small_config.replace(val_size=0), mnist, progress=False)
     assert run.history["train_loss"] == pytest.approx([0.9, 0.5, 0.8])
     assert all(math.isnan(loss) for loss in run.history["val_loss"]) and math.isnan(run.metrics["val_mse"])
     assert run.metrics["best_epoch"] == 2
@@ -569,15 +532,14 @@ def test_a_runs_splits_are_cut_from_its_own_data_and_placed_on_its_device(mnist)
 def test_a_runs_model_and_the_checkpoint_it_resumes_go_to_its_device(mnist, tmp_path):
     data, config = mnist.subset(3000), ah.RunConfig(layer_sizes=(16, 2), val_size=500, train_subset=1000)
     on_cpu = ah.place_data(config, data, "cpu")
-    saved = ah.start_training(config, on_cpu, data, "cpu")  # a checkpoint written on the CPU
-    (tmp_path / "run").mkdir()
-    torch.save({"config": config.to_dict(), **saved.state_dict()}, tmp_path / "run" / "checkpoint.pt")
+    saved = ah.new_training_state(config, on_cpu, data, "cpu")  # a checkpoint written on the CPU
+    torch.save({"config": config.to_dict(), **saved.state_dict()}, tmp_path / "checkpoint.pt")
     splits = ah.place_data(config, data, "meta")  # a stand-in for a GPU: no memory, no accelerator needed
     splits.tracked = on_cpu.tracked  # (tracked images are drawn as pixels, which needs values)
-    state = ah.start_training(config, splits, data, "meta")
+    state = ah.new_training_state(config, splits, data, "meta")
     assert ah.model_device(state.model).type == "meta"
-    ah._open_run_dir(tmp_path / "run", config, state, torch.device("meta"), resume=True)
-    assert {tensor.device.type for tensor in state.best["state"].values()} == {"meta"}
+    assert ah.resume_from_checkpoint(state, tmp_path / "checkpoint.pt", config, torch.device("meta"))
+    assert {tensor.device.type for tensor in state.best.weights.values()} == {"meta"}
 
 
 def test_a_runs_split_defaults_to_the_60000_mnist_training_images(small_config):
@@ -602,7 +564,7 @@ def test_the_loop_trains_in_training_mode_and_evaluates_in_eval_mode(mnist, smal
         return model
 
     monkeypatch.setattr(ah, "build_model", recording)
-    ah.train(ah.RunConfig(**{**small_config.to_dict(), "epochs": 1}), mnist, progress=False)
+    runs.train_run(ah.RunConfig(**{**small_config.to_dict(), "epochs": 1}), mnist, progress=False)
     assert (True, False) not in modes  # no gradient step in eval mode
     assert (False, True) not in modes  # no evaluation in training mode
     assert (True, True) in modes
@@ -611,31 +573,20 @@ def test_the_loop_trains_in_training_mode_and_evaluates_in_eval_mode(mnist, smal
 
 def test_a_runs_metrics_are_measured_on_its_own_split(mnist, small_config):
     # A run on 2,000 training images: its train MSE is of those images, not of the default 55,000.
-    run = ah.train(small_config, mnist, progress=False)
+    run = runs.train_run(small_config, mnist, progress=False)
     train_idx, val_idx = ah.run_split(small_config, len(mnist.train_images))
     assert len(train_idx) == 2000
-    measured = ah.measure_run(run.model, mnist, train_idx, val_idx)
+    measured = ae_metrics.measure_run(run.model, mnist, train_idx, val_idx)
     assert measured == {k: run.metrics[k] for k in measured}
     full_train, _ = ah.split_indices()
-    assert ah.measure_run(run.model, mnist, full_train, val_idx)["train_mse"] != run.metrics["train_mse"]
+    assert ae_metrics.measure_run(run.model, mnist, full_train, val_idx)["train_mse"] != run.metrics["train_mse"]
 
 
 def test_a_resumed_cosine_run_continues_its_schedule(mnist, small_config, tmp_path, monkeypatch):
     config = ah.RunConfig(**{**small_config.to_dict(), "schedule": "cosine", "epochs": 3})
-    uninterrupted = ah.train(config, mnist, progress=False)
+    uninterrupted = runs.train_run(config, mnist, progress=False)
     cosine = [config.lr * (1 + math.cos(math.pi * epoch / 3)) / 2 for epoch in range(3)]  # from lr towards 0
     assert uninterrupted.history["lr"] == pytest.approx(cosine)
-    run_epoch = ah.run_epoch
-
-    def stopped_at_epoch_3(state, config, splits, epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt  # as a user stopping the run; the checkpoint of epoch 2 stays
-        return run_epoch(state, config, splits, epoch)
-
-    monkeypatch.setattr(ah, "run_epoch", stopped_at_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        ah.train(config, mnist, run_dir=tmp_path / "run", progress=False)
-    monkeypatch.setattr(ah, "run_epoch", run_epoch)
-    resumed = ah.train(config, mnist, run_dir=tmp_path / "run", progress=False)
+    resumed = _interrupted_then_resumed(config, mnist, tmp_path / "run", monkeypatch)  # stopped in epoch 3
     assert resumed.history["lr"] == uninterrupted.history["lr"]
     assert resumed.history["train_loss"] == uninterrupted.history["train_loss"]
