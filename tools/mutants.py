@@ -1,14 +1,15 @@
 """Mutation testing of the project's core (`make mutants`): run mutmut, then summarize per section.
 
     python tools/mutants.py run [--max-children 2]   # mutate the core, test each mutant (resumable)
-    python tools/mutants.py run --sections Training  # only these sections, in this order
+    python tools/mutants.py run --sections ae/runs.py # only these files (sections), in this order
     python tools/mutants.py run --survivors 'ae_cli.*' # after adding a test: only those functions' survivors
     python tools/mutants.py summary                  # mutation/summary.md from the results so far
 
-The core is every function of these sections of ae_helpers.py (model, configuration, training, run
-folders, evaluation, latent explorer) and all of ae_cli.py (experiment runner, command line). Each
-mutant runs only the fast tests that reach its function (mutmut's own selection; settings in
-pyproject.toml): not the notebook or browser tests. mutmut keeps its results in mutants/ (git-ignored),
+The core is set in pyproject.toml ([tool.mutants]): every function of its files, but those it skips
+(by qualified name); a file is a section of the summary. Each mutant runs only the fast tests that
+reach its function (mutmut's own selection; settings in [tool.mutmut]): not the notebook or browser
+tests. Results are kept per function and source: a function that only moves (to another file, or
+within one) keeps them; one whose source changes is tested again. mutmut keeps its results in mutants/ (git-ignored),
 so an interrupted run resumes. A survivor is either killed by a new test or explained in
 mutation/explained.json (why it cannot change behaviour); the summary lists the rest.
 """
@@ -25,12 +26,11 @@ from collections import Counter
 from fnmatch import fnmatch
 from pathlib import Path
 
+import tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
-CORE = {
-    "ae_helpers.py": ("Model", "Configuration", "Training", "Run folders", "Evaluation", "Latent explorer"),
-    "ae_cli.py": ("The experiment runner", "Command line"),
-}
-BANNER = re.compile(r"^# -{20,}\n# (.+)\n# -{20,}$", re.M)
+SETTINGS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutants"]
+CORE = tuple(SETTINGS["files"])  # the core's files; each is a section of the summary
 KILLED, SURVIVED, TIMEOUT = {1, 3}, {0}, {36, -24, 24, 152, 255}
 OUT = ROOT / "mutation"
 EXPLAINED = OUT / "explained.json"  # {mutant: why it cannot change behaviour}
@@ -38,20 +38,22 @@ RUNNING = ROOT / "mutants" / "functions-run.json"  # the functions the last `run
 LEDGER = OUT / "results.json"  # committed: results survive a session, per function until its source changes
 
 
-def sections(path) -> dict:
-    """{mutmut's name of each function or method in ``path``: (its section, a hash of its source)}."""
+def module_name(path) -> str:
+    """The module mutmut names a file's mutants after: ae/runs.py -> ae.runs."""
+    return Path(path).with_suffix("").as_posix().replace("/", ".")
+
+
+def functions_of(path) -> dict:
+    """{mutmut's name of each function or method in ``path``: (``path``, a hash of its source)}."""
     source = (ROOT / path).read_text()
-    starts = [(source[: m.start()].count("\n") + 1, m.group(1).split(":")[0]) for m in BANNER.finditer(source)]
-    module = Path(path).stem
-    found = {}
+    module, found = module_name(path), {}
     for node in ast.parse(source).body:
-        section = next((name for line, name in reversed(starts) if line <= node.lineno), None)
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            found[f"{module}.x_{node.name}"] = (section, _hash(source, node))
+            found[f"{module}.x_{node.name}"] = (path, _hash(source, node))
         elif isinstance(node, ast.ClassDef):
             for item in node.body:
                 if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    found[f"{module}.x\u01c1{node.name}\u01c1{item.name}"] = (section, _hash(source, item))
+                    found[f"{module}.x\u01c1{node.name}\u01c1{item.name}"] = (path, _hash(source, item))
     return found
 
 
@@ -59,9 +61,43 @@ def _hash(source, node) -> str:
     return hashlib.sha256(ast.get_source_segment(source, node).encode()).hexdigest()[:12]
 
 
+def qualified(function) -> str:
+    """A function's name without its module: ae_helpers.x_train -> x_train (what stays when it moves)."""
+    return re.split(r"\.(?=x_|x\u01c1)", function, maxsplit=1)[-1]
+
+
 def core_functions() -> dict:
-    """{function: (section, source hash)} of the core."""
-    return {name: found for path, core in CORE.items() for name, found in sections(path).items() if found[0] in core}
+    """{function: (section, source hash)} of the core: its files' functions but those it skips."""
+    skip = SETTINGS.get("skip", [])
+    return {
+        name: found
+        for path in CORE
+        for name, found in functions_of(path).items()
+        if not any(fnmatch(f"{module_name(path)}.{_plain(name)}", pattern) for pattern in skip)
+    }
+
+
+def _plain(function) -> str:
+    """x_train -> train, x\u01c1Run\u01c1start -> Run.start: how pyproject.toml names functions to skip."""
+    return qualified(function).removeprefix("x_").removeprefix("x\u01c1").replace("\u01c1", ".")
+
+
+def carry_moved(ledger, explained, functions) -> tuple:
+    """Results of functions that moved (the same qualified name and source in another file) go with them."""
+    moved = {}
+    for old, digest in ledger["done"].items():
+        if old in functions:
+            continue
+        for new, (_, new_digest) in functions.items():
+            if new not in ledger["done"] and qualified(new) == qualified(old) and new_digest == digest:
+                moved[old] = new
+    for old, new in moved.items():
+        ledger["done"][new] = ledger["done"].pop(old)
+        prefix, new_prefix = f"{old}__mutmut_", f"{new}__mutmut_"
+        for table in (ledger["mutants"], explained):
+            for mutant in [m for m in table if m.startswith(prefix)]:
+                table[new_prefix + mutant.removeprefix(prefix)] = table.pop(mutant)
+    return ledger, explained
 
 
 def load_ledger() -> dict:
@@ -212,7 +248,7 @@ def summary(ledger) -> str:
         lines.append(_row(section, counts[section]))
     tested = {_function(m) for m in ledger["mutants"]}
     empty = sorted(f for f, (_, digest) in functions.items() if ledger["done"].get(f) == digest and f not in tested)
-    lines += [_row("**all core**", total), "", *_not_mutated(), ""]
+    lines += [_row("**all core**", total), ""]
     if empty:
         lines += [
             f"No mutants ({len(empty)} finished functions): mutmut 3 does not mutate decorated functions "
@@ -221,8 +257,16 @@ def summary(ledger) -> str:
             + ".",
             "",
         ]
+    waiting = sorted(f for f, (_, digest) in functions.items() if ledger["done"].get(f) != digest)
+    if waiting:
+        lines += [
+            f"Not finished ({len(waiting)} functions, new or changed since they were tested; `make mutants` "
+            "tests them): " + ", ".join(f"`{f}`" for f in waiting) + ".",
+            "",
+        ]
     lines += ["## Survivors", ""]
     lines += [f"- `{m}` ({section}): {explained.get(m, 'not explained yet')}" for section, m in survivors]
+    lines += ["", *_not_mutated()]
     return "\n".join(lines) + "\n"
 
 
@@ -240,22 +284,50 @@ SUMMARY_HEAD = [
 
 
 def _not_mutated() -> list:
-    """The lines marked `# pragma: no mutate (reason)`: presentation that no fast test can judge."""
-    marked = [
-        (path, number, line.split("no mutate", 1)[1].strip(" ()"))
-        for path in CORE
-        for number, line in enumerate((ROOT / path).read_text().splitlines(), 1)
-        if "# pragma: no mutate" in line
-    ]
-    reasons = Counter(reason.split(":")[0] for _, _, reason in marked)
-    return [
-        f"Not mutated: {len(marked)} lines marked `# pragma: no mutate` ("
-        + ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
-        + "), what no fast test can judge: how the explorer looks and reads (the browser test and its screenshot "
-        "show it) and its drag interval (a tuning constant). Lines: "
-        + "; ".join(f"{path}:{number}" for path, number, _ in marked)
-        + "."
-    ]
+    """What mutmut does not mutate in the core, each with the test that checks it takes effect (a blind
+    spot, not a pass): module-level tables and constants, lambdas, code run at import, decorated functions.
+    The list and its tests are in pyproject.toml ([tool.mutants.blind_spots]); a piece found here but
+    not listed there, or listed with a test that does not exist, is flagged."""
+    listed = SETTINGS.get("blind_spots", {})
+    tests = "\n".join(path.read_text() for path in (ROOT / "tests").glob("test_*.py"))
+    lines = ["## Not mutated: each with the test that checks it", ""]
+    for piece in blind_spots():
+        test = listed.get(piece)
+        if test is None:
+            lines.append(f"- `{piece}`: **no test listed** in pyproject.toml")
+        elif f"def {test}(" not in tests:
+            lines.append(f"- `{piece}`: **listed test `{test}` not found**")
+        else:
+            lines.append(f"- `{piece}`: `{test}`")
+    return lines
+
+
+def blind_spots() -> list:
+    """The core's module-level assignments (tables, constants, code run at import), module-level lambdas
+    and decorated functions, as "file: name" (a lambda inside a function is mutated with it)."""
+    found = []
+    for path in CORE:
+        tree = ast.parse((ROOT / path).read_text())
+        for node in tree.body:
+            if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+                found += [f"{path}: {name}" for name in names]
+            elif isinstance(node, ast.ClassDef) and any(
+                isinstance(i, ast.AnnAssign) and i.value is not None for i in node.body
+            ):
+                found.append(f"{path}: {node.name} field defaults")
+        for function in ast.walk(tree):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if function.decorator_list:
+                found.append(f"{path}: @{ast.unparse(function.decorator_list[0])} {function.name}")
+        lambdas = sum(isinstance(n, ast.Lambda) for n in ast.walk(tree)) - sum(
+            isinstance(n, ast.Lambda) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) for n in ast.walk(f)
+        )
+        if lambdas > 0:
+            found.append(f"{path}: lambda at module level")
+    return sorted(set(found), key=found.index)
 
 
 def _row(section, counter) -> str:
@@ -306,10 +378,14 @@ def main(argv=None) -> int:
         help="test only the survivors of these functions again (glob, as --again), e.g. after adding a test",
     )
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.sections) - {section for sections in CORE.values() for section in sections})
+    unknown = sorted(set(args.sections) - set(CORE))
     if unknown:
-        parser.error(f"unknown section(s) {unknown}; the core sections are {[s for v in CORE.values() for s in v]}")
+        parser.error(f"unknown section(s) {unknown}; the core's files are {list(CORE)}")
     OUT.mkdir(exist_ok=True)
+    explained = json.loads(EXPLAINED.read_text()) if EXPLAINED.is_file() else {}
+    ledger, explained = carry_moved(load_ledger(), explained, core_functions())
+    _write(LEDGER, json.dumps(ledger, indent=1, ensure_ascii=False) + "\n")
+    _write(EXPLAINED, json.dumps(dict(sorted(explained.items())), indent=1, ensure_ascii=False) + "\n")
     if args.again:
         ledger = load_ledger()
         ledger["done"] = {f: h for f, h in ledger["done"].items() if not any(fnmatch(f, p) for p in args.again)}
