@@ -3,17 +3,19 @@
 Where things are (the map of the project's code):
 
     ae_helpers.py     this file: what a student reads beside the notebook
-        load_mnist        data: MNIST in memory, normalized with the training set's own mean and std
+        load_mnist        data: MNIST in memory, normalized with the training images' mean and std
         Autoencoder       the model: 784 -> layer_sizes -> reversed -> 784, linear code and output
-        RunConfig         every choice of a run, one field each, checked when it is made
+        RunConfig         every choice of a run, one field each, checked when it is made (validate)
         train_epoch       one pass over the images: forward, loss, zero_grad, backward, step
         train             the loop: set up or resume, then per epoch train, evaluate, keep the best,
                           track, checkpoint; then finish with the best weights
-        (after the loop: the small pieces it calls, in the order it calls them)
+        evaluate_loss     the mean loss of a model on images, without autograd
+        (then the pieces the loop calls; last, encode and decode_to_pixels: images <-> 2-D codes)
     ae/runs.py        saved runs: get_run(name), EXPERIMENTS, run folders, train_run (train + measure + save)
     ae/metrics.py     measurements: MSE in both units, k-NN accuracy, silhouette, the PCA-2 baseline
     ae/figures.py     plots: images, learning curves, the latent plane, the decoder's manifold
-    ae/explorer.py    the latent explorer: a click (or the x/y sliders) decodes that point (LatentExplorer.decode_at)
+    ae/explorer.py    the latent explorer: LatentExplorer._on_press (a click), _on_motion (a drag) and
+                      _on_slider (the x/y sliders) all call LatentExplorer.decode_at(x, y), which decodes
     ae/analyses.py    the measurements that serve single questions of the notebook (tables, grids, budgets)
     ae_cli.py         the command line: fetch MNIST, train one run, train every saved run
     mnist_files.py    fetching and verifying the four MNIST files (SHA-256)
@@ -67,7 +69,7 @@ class MNIST:
     pixel_std: float
 
     def to_pixels(self, images):
-        """Undo the normalization: values in [0, 1] (before clipping)."""
+        """Undo the normalization: pixel units, 0 (black) to 1 (white); a model's output may fall outside."""
         return images * self.std + self.mean
 
     def subset(self, n, seed=0) -> MNIST:
@@ -82,7 +84,11 @@ class MNIST:
 
 
 def load_mnist(root="data", normalize=True, download=True) -> MNIST:
-    """Load verified MNIST as tensors; normalize with the training set's own mean and std."""
+    """Load verified MNIST as tensors; normalize with the mean and std of the 60,000 training images.
+
+    The 5,000 validation images are carved from those 60,000 later (``split_indices``); with or without
+    them the statistics agree to 4 decimals (the notebook prints both), and no test image is used.
+    """
     raw = fetch_mnist(root, verbose=False) if download else raw_folder(root)
     train_u8 = torch.from_numpy(read_idx(raw / "train-images-idx3-ubyte").copy())
     test_u8 = torch.from_numpy(read_idx(raw / "t10k-images-idx3-ubyte").copy())
@@ -115,7 +121,7 @@ class Autoencoder(nn.Module):
     """Mirrored MLP autoencoder: 784 -> layer_sizes -> reversed -> 784.
 
     Hidden layers use ``activation``; the bottleneck (the last of ``layer_sizes``) and the output are
-    linear, so codes and reconstructions can take any real value (the inputs are normalized, not in [0, 1]).
+    linear, so codes and reconstructions can take any real value (normalized images are not in [0, 1]).
     """
 
     def __init__(self, layer_sizes=DEFAULT_LAYERS, activation="relu", input_dim=784):
@@ -167,7 +173,7 @@ def _mlp(sizes, activation):
 OPTIMIZERS = ("adam", "adamw", "sgd", "sgd_momentum", "rmsprop", "rprop")  # built by make_optimizer
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
 SCHEDULES = ("constant", "cosine")
-FULL_BATCH = 60000
+FULL_BATCH = 60000  # more than any training split holds: one step per epoch
 
 
 def _option(default, help, choices=None):
@@ -177,7 +183,7 @@ def _option(default, help, choices=None):
 
 @dataclass
 class RunConfig:
-    """Everything that determines a training run. Same config and seed: same losses.
+    """Everything that determines a training run. The same config on the same device: the same losses.
 
     Each field's help is what ``python ae_cli.py train --help`` prints (the command line is built from
     these fields). A config is checked when it is made: a bad value is a ValueError naming the field.
@@ -194,9 +200,9 @@ class RunConfig:
     normalize: bool = _option(True, "standardize the images with the training set's mean and std")
     shuffle: bool = _option(True, "a new batch order every epoch (else file order)")
     val_size: int = _option(5000, "validation images carved from the 60,000 training images")
-    train_subset: int = _option(0, "if > 0, train on the first N training images only")
+    train_subset: int = _option(0, "if > 0, train on the first N images of the training split only")
     schedule: str = _option("constant", "learning rate schedule (cosine: decays to 0 over the epochs)", SCHEDULES)
-    weight_decay: float = _option(0.0, "weight decay (decoupled for adamw)")
+    weight_decay: float = _option(0.0, "weight decay (decoupled for adamw; rprop has none)")
     momentum: float = _option(0.9, "momentum of sgd_momentum")
     bf16: bool = _option(False, "bfloat16 autocast for the training step")
     ema: float = _option(0.0, "if > 0, evaluate and keep a moving average of the weights, this decay per step")
@@ -210,6 +216,7 @@ class RunConfig:
 
     def validate(self):
         """Raise ValueError naming the bad field and the valid choices (the one place they are checked)."""
+        check_layer_sizes(self.layer_sizes)
         for f in dataclasses.fields(self):
             if f.metadata.get("choices"):
                 check_choice(f.name, getattr(self, f.name), f.metadata["choices"])
@@ -219,8 +226,12 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
-        if self.weight_decay < 0 or self.momentum < 0:
-            raise ValueError("weight_decay and momentum must be >= 0.")
+        for name in ("weight_decay", "momentum"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+        if self.optimizer == "rprop" and self.weight_decay:
+            raise ValueError("weight_decay must be 0 with rprop (PyTorch's Rprop has none); use adamw for decay.")
         if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 <= self.ema < 1:
             raise ValueError(f"ema must be a decay in [0, 1) such as 0.999 (0 turns it off), got {self.ema!r}.")
         if isinstance(self.noise, bool) or not isinstance(self.noise, (int, float)) or not 0 <= self.noise < math.inf:
@@ -306,9 +317,10 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "test_loss", "lr", "second
 def train(config: RunConfig, data: MNIST | None = None, checkpoint=None, device="auto", progress=True) -> Run:
     """Train an autoencoder as ``config`` says; return a Run holding the best-validation weights.
 
-    Each epoch records the training loss (the mean over its batches; with noise, of the noisy inputs)
-    and the validation and test losses (of clean inputs). A NaN or infinite loss stops the run with a
-    warning. With ``checkpoint`` (a path), every epoch is saved there and a run cut off resumes from it
+    Each epoch records the training loss (its mean over the epoch's images, as the weights moved; with
+    noise, of the noisy inputs; always of the trained weights, not their average) and the validation and
+    test losses (of clean inputs, with the weights that are kept). A NaN or infinite training loss stops
+    the run with a warning. With ``checkpoint`` (a path), every epoch is saved there and a run cut off resumes from it
     to the same losses. ``run.metrics`` holds what the loop knows (epochs, best epoch, times); the
     measurements of the final weights (``ae.metrics.measure_run``) and the run folder are ``ae.runs``'s.
     """
@@ -324,7 +336,7 @@ def train(config: RunConfig, data: MNIST | None = None, checkpoint=None, device=
         resume_from_checkpoint(state, Path(checkpoint), config, device)
     first_epoch = state.epoch + 1
     if first_epoch == 1:
-        state.tracking.record(0, state.kept_model(), splits.tracked, data)  # the untrained reconstructions
+        state.tracking.snapshot(0, state.kept_model(), splits.tracked, data)  # the untrained reconstructions
     train_seconds, diverged = 0.0, False
     epochs = progress_bar(range(first_epoch, config.epochs + 1), progress, describe(config))
     for epoch in epochs:
@@ -351,7 +363,7 @@ def train(config: RunConfig, data: MNIST | None = None, checkpoint=None, device=
         model = state.kept_model().eval()
         val_loss = evaluate_loss(model, splits.val, config.loss) if len(splits.val) else math.nan
         test_loss = evaluate_loss(model, splits.test, config.loss)
-        state.record(epoch, train_loss, val_loss, test_loss, lr, seconds=time.perf_counter() - start)
+        state.add_epoch(epoch, train_loss, val_loss, test_loss, lr, seconds=time.perf_counter() - start)
         # Stop when the loss is no longer a number: the best weights so far are kept.
         if not math.isfinite(train_loss):
             diverged = True
@@ -361,7 +373,7 @@ def train(config: RunConfig, data: MNIST | None = None, checkpoint=None, device=
         state.keep_if_best(val_loss if len(splits.val) else train_loss, epoch)
         # Track the same ten images, to see the reconstructions improve.
         if epoch % config.track_every == 0 or epoch == config.epochs:
-            state.tracking.record(epoch, model, splits.tracked, data)
+            state.tracking.snapshot(epoch, model, splits.tracked, data)
         if progress:
             epochs.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
         # Checkpoint: a run cut off from here on resumes after this epoch.
@@ -387,7 +399,7 @@ def batched_no_grad(fn, images, batch_size=10000) -> list:
 
 
 # ----------------------------------------------------------------------------
-# The pieces the loop calls, in the order it calls them
+# The pieces the loop calls
 # ----------------------------------------------------------------------------
 
 
@@ -525,7 +537,8 @@ class WeightAverage:
 
 @dataclass
 class Best:
-    """The best weights so far: their validation loss, their epoch (0: the initial weights) and a copy."""
+    """The best weights so far: the loss they were chosen by (validation; training without a validation
+    split), their epoch (0: the initial weights) and a copy of them."""
 
     loss: float
     epoch: int
@@ -542,7 +555,7 @@ class Tracking:
     test: list = field(default_factory=list)
     train: list = field(default_factory=list)
 
-    def record(self, epoch, model, tracked: dict, data: MNIST) -> None:
+    def snapshot(self, epoch, model, tracked: dict, data: MNIST) -> None:
         """Reconstruct the tracked images with ``model`` and keep them as ``epoch``'s row."""
         self.epochs.append(epoch)
         model.eval()
@@ -573,7 +586,7 @@ class TrainingState:
         """The weights that are evaluated, kept and saved: the average when there is one."""
         return self.average.model if self.average else self.model
 
-    def record(self, epoch, train_loss, val_loss, test_loss, lr, seconds) -> None:
+    def add_epoch(self, epoch, train_loss, val_loss, test_loss, lr, seconds) -> None:
         """Append an epoch's row to the history; ``epoch`` is then the last one finished."""
         row = dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss, test_loss=test_loss, lr=lr, seconds=seconds)
         for column in HISTORY_COLUMNS:
@@ -647,11 +660,13 @@ def _copy_weights(model) -> dict:
 
 
 def resume_from_checkpoint(state: TrainingState, checkpoint: Path, config: RunConfig, device) -> bool:
-    """Load ``checkpoint`` into ``state`` when it exists and was written by this same config; True if so."""
+    """Load ``checkpoint`` into ``state`` when it exists and was written by this same config; True if so.
+    A checkpoint of another config is left to be overwritten: the run starts over, and says so."""
     if not checkpoint.exists():
         return False
     saved = torch.load(checkpoint, map_location=device, weights_only=True)  # weights only: never unpickles code
     if not same_config(saved["config"], config):
+        print(f"{checkpoint} was written by another config; training {describe(config)} from epoch 1.")
         return False
     state.load_state_dict(saved)
     return True
@@ -783,6 +798,11 @@ def pixel_values(images, data: MNIST | None = None) -> torch.Tensor:
 def as_uint8(pixels) -> torch.Tensor:
     """Pixel values in [0, 1] -> uint8 0-255, rounded (how images are stored and shown)."""
     return (pixels * 255).round().to(torch.uint8)
+
+
+# ----------------------------------------------------------------------------
+# Codes: images to 2-D codes and back (the latent plane, the explorer)
+# ----------------------------------------------------------------------------
 
 
 def encode(model, images, batch_size=10000) -> torch.Tensor:

@@ -122,8 +122,12 @@ def test_the_model_refuses_an_unknown_activation_naming_it_and_the_choices():
         ("seed", True, "seed must be an integer >= 0"),
         ("val_size", -1, "val_size must be an integer >= 0"),
         ("train_subset", "all", "train_subset must be an integer >= 0"),
-        ("weight_decay", -1e-4, "weight_decay and momentum must be >= 0"),
-        ("momentum", -0.9, "weight_decay and momentum must be >= 0"),
+        ("weight_decay", -1e-4, "weight_decay must be a number >= 0, got -0.0001"),
+        ("momentum", -0.9, "momentum must be a number >= 0, got -0.9"),
+        ("weight_decay", "0.05", "weight_decay must be a number >= 0"),
+        ("momentum", float("inf"), "momentum must be a number >= 0"),
+        ("weight_decay", True, "weight_decay must be a number >= 0"),
+        ("layer_sizes", (), r"layer_sizes must be a non-empty list of positive integers"),
         ("ema", True, r"ema must be a decay in \[0, 1\)"),
         ("ema", "0.999", r"ema must be a decay in \[0, 1\)"),
         ("noise", True, "noise must be a standard deviation >= 0"),
@@ -199,12 +203,13 @@ OPTIMIZER_CLASSES = {
 @pytest.mark.parametrize("name", ah.OPTIMIZERS)
 def test_each_optimizer_gets_the_configs_rate_decay_and_momentum(name):
     # What mutmut cannot mutate (a table of optimizers) is checked here: every option reaches the optimizer.
-    config = ah.RunConfig(optimizer=name, lr=0.0123, weight_decay=0.045, momentum=0.7)
+    decay = 0.0 if name == "rprop" else 0.045  # a config refuses weight decay with rprop (tested below)
+    config = ah.RunConfig(optimizer=name, lr=0.0123, weight_decay=decay, momentum=0.7)
     optimizer = ah.make_optimizer(ah.Autoencoder((8, 2)), config)
     group = optimizer.param_groups[0]
     assert type(optimizer).__name__ == OPTIMIZER_CLASSES[name]
     assert group["lr"] == 0.0123
-    assert group.get("weight_decay", 0.0) == (0.0 if name == "rprop" else 0.045)  # Rprop takes no weight decay
+    assert group.get("weight_decay", 0.0) == decay
     assert group.get("momentum", 0.0) == (0.7 if name == "sgd_momentum" else 0.0)
     assert group.get("fused") or group.get("foreach")  # one kernel for all parameters
     assert len(group["params"]) == len(list(ah.Autoencoder((8, 2)).parameters()))
@@ -296,3 +301,16 @@ def test_a_config_field_carries_its_default_help_and_choices():
     field = ah._option(3, "how many", ("a", "b"))
     assert field.default == 3 and dict(field.metadata) == {"help": "how many", "choices": ("a", "b")}
     assert dict(ah._option(0.5, "a rate").metadata) == {"help": "a rate", "choices": None}
+
+
+def test_rprop_with_weight_decay_is_refused_not_silently_undecayed():
+    with pytest.raises(ValueError, match="^weight_decay must be 0 with rprop"):
+        ah.RunConfig(optimizer="rprop", weight_decay=0.01)
+    assert ah.RunConfig(optimizer="rprop").weight_decay == 0.0
+
+
+def test_a_config_changed_after_it_was_made_is_checked_again_by_validate():
+    config = ah.RunConfig()
+    config.layer_sizes = (0, 2)
+    with pytest.raises(ValueError, match="^layer_sizes must be"):
+        config.validate()
