@@ -1,5 +1,5 @@
-# make run: execute the notebook end to end (sets up .venv and data first)
-# make test: the test suite, including the notebook under nbval and the browser test
+# make lab / make run: open or execute the notebook (set up .venv from requirements.txt and data first)
+# make test: the test suite, including the notebook under nbval and the browser test (adds requirements-dev.txt)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,12 +7,21 @@ PY := $(VENV)/bin/python
 JOBS ?= 2
 NOTEBOOK := bmi219_autoencoder.ipynb
 
-.PHONY: run test lint format lab results mutants bench data browser venv clean
+.PHONY: run test lint format lab results mutants bench data browser venv dev clean
 
+# The runtime (requirements.txt): what the notebook needs. tools/check_python.py stops here, in one line,
+# when $(PYTHON) is older than the pins need.
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
+	@$(PYTHON) tools/check_python.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+# The development tools on top (requirements-dev.txt: pytest, nbval, playwright, ruff, mutmut).
+dev: $(VENV)/.installed-dev
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
 data: venv
@@ -20,22 +29,22 @@ data: venv
 
 # A Chrome or Chromium for the browser tests: $CHROME_PATH, an installed one, else Playwright's own
 # download; without one the browser tests are skipped with a message (a failure under CI=true).
-browser: venv
+browser: dev
 	$(PY) tests/find_browser.py --install
 
 run: data
 	$(PY) -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=3600 $(NOTEBOOK)
 
 # Lint and format checks first (ruff, settings in pyproject.toml), then every test and the notebook.
-test: data browser lint
+test: data dev browser lint
 	AE_QUICK=1 IPYTHONDIR=$(CURDIR)/tools/ipython $(PY) -m pytest tests --nbval-lax $(NOTEBOOK) -v
 
-lint: venv
+lint: dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
 # Rewrite the code in the project's format (what `make lint` checks).
-format: venv
+format: dev
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
@@ -47,12 +56,12 @@ results: data
 
 # Mutation testing of the core against the fast tests (resumable: results in mutants/); writes
 # mutation/summary.md (killed, survived, timed out per section) and prints it.
-mutants: data
+mutants: data dev
 	$(PY) tools/mutants.py run
 
-bench: data
+bench: data dev
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_explorer.py
 
 clean:
-	rm -rf $(VENV) test-artifacts runs mutants
+	rm -rf $(VENV) .cache test-artifacts runs mutants

@@ -18,6 +18,9 @@ def _pins(text):
     return dict(re.findall(r"^\s*-?\s*([A-Za-z0-9_.\-]+)==([^\s#]+)", text, re.M))
 
 
+DEV_TOOLS = ("pytest", "nbval", "playwright", "ruff", "mutmut")
+
+
 def test_environment_yml_pins_the_same_packages_as_requirements():
     requirements = _pins((ROOT / "requirements.txt").read_text())
     conda = _pins((ROOT / "environment.yml").read_text())
@@ -25,6 +28,40 @@ def test_environment_yml_pins_the_same_packages_as_requirements():
     assert requirements == conda
     assert requirements["torch"] == "2.14.1"
     assert requirements["torchvision"] == "0.29.1"
+
+
+def test_the_runtime_list_holds_no_development_tool_and_the_dev_list_adds_them():
+    runtime = _pins((ROOT / "requirements.txt").read_text())
+    dev_text = (ROOT / "requirements-dev.txt").read_text()
+    dev = _pins(dev_text)
+    assert not set(DEV_TOOLS) & set(runtime)
+    assert set(DEV_TOOLS) <= set(dev)
+    assert not set(runtime) & set(dev), "a pin is written twice: the dev list includes the runtime list"
+    first = next(line for line in dev_text.splitlines() if line.strip() and not line.startswith("#"))
+    assert first == "-r requirements.txt"
+
+
+def _prerequisites(makefile, target):
+    """Every target that `make target` builds first, from the Makefile's `target: prerequisites` lines."""
+    rules = dict(re.findall(r"^([\w$().\-/]+):[ \t]*([^=\n]*)$", makefile, re.M))
+    rules = {name.replace("$(VENV)", ".venv"): deps.replace("$(VENV)", ".venv").split() for name, deps in rules.items()}
+    seen, todo = set(), [target]
+    while todo:
+        for dep in rules.get(todo.pop(), []):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def test_make_lab_and_run_need_only_the_runtime_and_make_test_the_tools():
+    makefile = (ROOT / "Makefile").read_text()
+    for target in ("lab", "run", "data", "results"):
+        needs = _prerequisites(makefile, target)
+        assert "venv" in needs and "requirements.txt" in needs, target
+        assert "requirements-dev.txt" not in needs and "dev" not in needs, target
+    for target in ("test", "lint", "browser", "mutants", "bench"):
+        assert "requirements-dev.txt" in _prerequisites(makefile, target), target
 
 
 def test_ci_runs_the_readme_test_command():
@@ -63,6 +100,7 @@ def test_readme_figures_match_the_committed_results():
     for name in COMMITTED_WEIGHTS:
         metrics = json.loads((ROOT / name / "metrics.json").read_text())
         assert f"{metrics['test_mse']:.4f}" in readme, f"README does not quote {name}'s test MSE"
+        assert f"{metrics['knn5_accuracy']:.3f}" in readme, f"README does not quote {name}'s 5-NN accuracy"
 
 
 def test_jupyterlab_has_the_explorer_front_end_the_readme_names():
@@ -73,3 +111,14 @@ def test_jupyterlab_has_the_explorer_front_end_the_readme_names():
     named = re.search(r"it must list `(jupyter-matplotlib v[0-9.]+ enabled OK)`", (ROOT / "README.md").read_text())
     assert named, "README's troubleshooting does not name the extension line"
     assert named.group(1) in plain
+
+
+def test_readme_is_short_and_links_the_licence_and_the_contributors_guide():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.split()) <= 900
+    for name in ("LICENSE", "LICENSE-CC-BY-4.0", "CONTRIBUTING.md", "docs/explorer.png", "requirements.txt"):
+        assert f"({name})" in readme or f"`{name}`" in readme, name
+        assert (ROOT / name).is_file(), name
+    assert "make lab" in readme
+    assert ".venv\\Scripts\\activate" in readme  # the recipe without make covers Windows
+    assert "--index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1" in readme

@@ -22,11 +22,10 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from collections import Counter
 from fnmatch import fnmatch
 from pathlib import Path
-
-import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutants"]
