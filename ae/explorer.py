@@ -4,7 +4,7 @@ under the pointer is decoded and shown beside the plot with its nearest test dig
 How an event flows:
 
     mouse press / drag / release  --(ipympl canvas)-->  _on_press / _on_motion / _on_release
-    x or y slider moved           --(ipywidgets)----->  _on_slider
+    x or y slider moved           --(ipywidgets)----->  _on_slider (the point the two sliders name)
         both end in decode_at(x, y): decode the point, show the image, the neighbours and the verdict,
         move the marker (blitted over a saved copy of the plot, so a drag update costs milliseconds).
 
@@ -156,7 +156,6 @@ class LatentExplorer:
         self._dragging = False
         self._skipped = None  # the last drag position not decoded yet (too soon after the previous one)
         self._last_update = -math.inf
-        self._moving_sliders = False  # a decode is setting the sliders: their change is not a new request
         self._make_side_widgets(widgets)
         view = self._static_view(widgets) if canvas is None else self._connect(canvas)
         self.widget = self._layout(widgets, view)
@@ -242,7 +241,6 @@ class LatentExplorer:
         self._show_neighbours(x, y)
         self.marker.set_data([x], [y])
         self._draw_marker()
-        self._follow_with_sliders(x, y)
         return pixels
 
     def _show_neighbours(self, x, y):
@@ -257,18 +255,11 @@ class LatentExplorer:
             f"between those digits' codes: {verdict}</small>"
         )
 
-    def _follow_with_sliders(self, x, y):
-        """Put the sliders on the point just decoded (within their range), without decoding it again."""
-        self._moving_sliders = True
-        try:
-            for slider, value in zip(self.sliders, (x, y)):
-                slider.value = min(max(value, slider.min), slider.max)
-        finally:
-            self._moving_sliders = False
-
     def _on_slider(self, change):
-        if not self._moving_sliders:
-            self._decode_point(self.sliders[0].value, self.sliders[1].value)
+        """A slider moved (arrow keys or a drag of its handle): decode the point the two sliders name.
+        The sliders are an input of their own: a click does not move them (the browser would send back
+        their step-rounded values later, which would undo a drag's last point)."""
+        self._decode_point(self.sliders[0].value, self.sliders[1].value)
 
     # Drawing: the scatter is drawn once (and again on resize or zoom); a new point redraws only the
     # marker over a saved copy of the rest, so a drag update costs milliseconds instead of a full redraw.
