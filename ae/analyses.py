@@ -32,7 +32,7 @@ def train_many(configs: dict, data: MNIST, progress=False) -> dict:
 
 
 def runs_table(
-    runs: dict,
+    labelled: dict,
     columns=(
         "epochs_run",
         "train_mse",
@@ -47,7 +47,7 @@ def runs_table(
     from IPython.display import Markdown
 
     rows = []
-    for label, run in runs.items():
+    for label, run in labelled.items():
         metrics = run.metrics if isinstance(run, Run) else run
         values = (metrics.get(c, "") for c in columns)
         rows.append([label, *(f"{v:.4g}" if isinstance(v, float) else v for v in values)])
@@ -86,10 +86,10 @@ def lr_grid(base: RunConfig, grid: dict, data: MNIST, done=None) -> dict:
     return grid_runs
 
 
-def best_by_validation(runs: dict) -> dict:
+def best_by_validation(grid_runs: dict) -> dict:
     """{optimizer: (lr, Run)}: each optimizer's run with the lowest validation MSE (diverged runs excluded)."""
     best = {}
-    for (optimizer, lr), run in runs.items():
+    for (optimizer, lr), run in grid_runs.items():
         if run.metrics["diverged"] or not math.isfinite(run.metrics["val_mse"]):
             continue
         if optimizer not in best or run.metrics["val_mse"] < best[optimizer][1].metrics["val_mse"]:
@@ -97,18 +97,18 @@ def best_by_validation(runs: dict) -> dict:
     return best
 
 
-def grid_table(runs: dict, key="val_mse"):
+def grid_table(grid_runs: dict, key="val_mse"):
     """A Markdown table of a learning-rate grid: a row per optimizer, a column per rate, ``key`` in each
     cell (best of the row in bold; "diverged" where the loss became NaN)."""
     from IPython.display import Markdown
 
-    rates = sorted({lr for _, lr in runs})
-    best = best_by_validation(runs) if key == "val_mse" else {}
+    rates = sorted({lr for _, lr in grid_runs})
+    best = best_by_validation(grid_runs) if key == "val_mse" else {}
     rows = []
-    for optimizer in dict.fromkeys(o for o, _ in runs):
+    for optimizer in dict.fromkeys(o for o, _ in grid_runs):
         cells = []
         for lr in rates:
-            run = runs.get((optimizer, lr))
+            run = grid_runs.get((optimizer, lr))
             text = "" if run is None else "diverged" if run.metrics["diverged"] else f"{run.metrics[key]:.4f}"
             cells.append(f"**{text}**" if optimizer in best and best[optimizer][0] == lr else text)
         rows.append([optimizer, *cells])
