@@ -86,7 +86,7 @@ def plot_latent(codes, labels, title="Test set in the latent plane", ax=None, s=
     """Scatter of 2-D codes coloured by digit, drawn in a random order (seeded) so that no digit is
     hidden under the digits drawn after it; each digit's label sits at its median code, the legend
     outside the plot. ``extent`` (xmin, xmax, ymin, ymax) sets the view (default: all but the outer
-    0.2% of codes on each side); the points outside the view are counted in the title's last line."""
+    0.2% of codes on each side); the points outside the view are counted under the x-axis."""
     import matplotlib.patheffects as effects
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
@@ -107,10 +107,10 @@ def plot_latent(codes, labels, title="Test set in the latent plane", ax=None, s=
         x, y = codes[labels == digit].median(0).values.tolist()
         if view[0] <= x <= view[1] and view[2] <= y <= view[3]:
             ax.text(x, y, str(digit), fontsize=11, weight="bold", ha="center", va="center", path_effects=outline)
-    ax.set_xlabel("latent dimension 1")
-    ax.set_ylabel("latent dimension 2")
     outside = points_outside(codes, view)
-    ax.set_title(f"{title}\n{outside:,} of {len(codes):,} points lie outside this view", fontsize=10)
+    ax.set_xlabel(f"latent dimension 1\n({outside:,} of {len(codes):,} points lie outside this view)")
+    ax.set_ylabel("latent dimension 2")
+    ax.set_title(title)
     handles = [Line2D([], [], ls="", marker="o", markersize=5, color=DIGIT_CMAP(d), label=str(d)) for d in range(10)]
     ax.legend(handles=handles, title="digit", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.figure.tight_layout()

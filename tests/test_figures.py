@@ -39,14 +39,14 @@ def test_each_digits_label_sits_at_its_median_code():
     plt.close(fig)
 
 
-def test_the_title_counts_the_points_a_clipped_view_leaves_out():
+def test_the_axis_label_counts_the_points_a_clipped_view_leaves_out():
     codes, labels = _spokes()
     codes[0] = torch.tensor([1000.0, 1000.0])  # one far outlier, outside the default view
     fig = figures.plot_latent(codes, labels, title="codes")
     view = (*fig.axes[0].get_xlim(), *fig.axes[0].get_ylim())
     outside = figures.points_outside(codes, view)
     assert outside >= 1
-    assert f"{outside:,} of 500 points lie outside this view" in fig.axes[0].get_title()
+    assert f"({outside:,} of 500 points lie outside this view)" in fig.axes[0].get_xlabel()
     plt.close(fig)
 
 
