@@ -31,27 +31,62 @@ def train_many(configs: dict, data: MNIST, progress=False) -> dict:
     return {label: runs.train_run(config, data, progress=progress) for label, config in configs.items()}
 
 
-def runs_table(
-    labelled: dict,
-    columns=(
-        "epochs_run",
-        "train_mse",
-        "test_mse",
-        "test_mse_pixels",
-        "knn5_accuracy",
-        "seconds",
-        "samples_per_second",
-    ),
-):
-    """A Markdown table of the runs' metrics, {label: Run or metrics dict}."""
+# Plain column headers, with units, for the metric keys of a run (MSE in normalized units: Q1.3).
+HEADERS = {
+    "epochs_run": "epochs",
+    "best_epoch": "best epoch (validation)",
+    "steps": "steps",
+    "train_mse": "training MSE",
+    "val_mse": "validation MSE",
+    "test_mse": "test MSE",
+    "val_l1": "validation L1",
+    "test_l1": "test L1",
+    "knn5_val_accuracy": "5-NN accuracy, validation",
+    "knn5_accuracy": "5-NN accuracy, test",
+    "silhouette": "silhouette score, test",
+    "train_seconds": "training time (s)",
+    "seconds": "wall time (s)",
+    "samples_per_second": "images per second",
+}
+
+# Plain names of the optimizers a RunConfig names.
+OPTIMIZER_NAMES = {
+    "sgd": "SGD",
+    "sgd_momentum": "SGD + momentum 0.9",
+    "rmsprop": "RMSprop",
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "rprop": "Rprop",
+}
+
+
+def runs_table(labelled: dict, columns=("epochs_run", "train_mse", "val_mse", "test_mse", "knn5_val_accuracy")):
+    """A Markdown table of the runs' metrics, {label: Run or metrics dict}: a row per run, a column per
+    metric key, headed in plain words (``HEADERS``; ``columns`` may also be {key: header})."""
     from IPython.display import Markdown
 
+    headers = columns if isinstance(columns, dict) else {c: HEADERS.get(c, c) for c in columns}
     rows = []
     for label, run in labelled.items():
         metrics = run.metrics if isinstance(run, Run) else run
-        values = (metrics.get(c, "") for c in columns)
-        rows.append([label, *(f"{v:.4g}" if isinstance(v, float) else v for v in values)])
-    return Markdown(markdown_table(["run", *columns], rows))
+        rows.append([label, *(format_value(metrics.get(c, "")) for c in headers)])
+    return Markdown(markdown_table(["run", *headers.values()], rows))
+
+
+def format_value(value) -> str:
+    """A table cell: integers with thousands separators, floats to 4 significant digits (at most 1
+    decimal from 10 on, none from 1,000 on), NaN as "n/a"."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if not math.isfinite(value):
+        return "n/a"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.4g}"
 
 
 def digits_table(rows: dict):
@@ -98,8 +133,8 @@ def best_by_validation(grid_runs: dict) -> dict:
 
 
 def grid_table(grid_runs: dict, key="val_mse"):
-    """A Markdown table of a learning-rate grid: a row per optimizer, a column per rate, ``key`` in each
-    cell (best of the row in bold; "diverged" where the loss became NaN)."""
+    """A Markdown table of a learning-rate grid: a row per optimizer (its plain name), a column per rate,
+    ``key`` in each cell (best of the row in bold; "diverged" where the loss became NaN)."""
     from IPython.display import Markdown
 
     rates = sorted({lr for _, lr in grid_runs})
@@ -111,8 +146,9 @@ def grid_table(grid_runs: dict, key="val_mse"):
             run = grid_runs.get((optimizer, lr))
             text = "" if run is None else "diverged" if run.metrics["diverged"] else f"{run.metrics[key]:.4f}"
             cells.append(f"**{text}**" if optimizer in best and best[optimizer][0] == lr else text)
-        rows.append([optimizer, *cells])
-    return Markdown(markdown_table([f"{key} at lr", *(f"{lr:g}" for lr in rates)], rows))
+        rows.append([OPTIMIZER_NAMES.get(optimizer, optimizer), *cells])
+    header = f"{HEADERS.get(key, key)} at learning rate"
+    return Markdown(markdown_table([header, *(f"{lr:g}" for lr in rates)], rows))
 
 
 def saved_tensor_bytes(model, images) -> dict:

@@ -109,6 +109,11 @@ class LatentNeighbours:
         return float(distances[0] / self.spacing[torch.as_tensor(indices)].mean().clamp_min(1e-12))
 
 
+def verdict(remoteness) -> str:
+    """The explorer's words for a point's remoteness (``LatentNeighbours.remoteness``)."""
+    return "no test digit near here: the decoder invents" if remoteness > FAR else "among test digits"
+
+
 DRAG_INTERVAL_S = 0.04  # while dragging, at most 25 updates a second: each costs a decode and a redraw
 FAR = 3.0  # a point whose nearest code is 3x farther than codes there are from each other is off the data
 
@@ -243,16 +248,20 @@ class LatentExplorer:
         self._draw_marker()
         return pixels
 
-    def _show_neighbours(self, x, y):
+    def nearest_digits(self, x, y):
+        """The ``k`` test digits nearest to (x, y): (indices, distances, remoteness, verdict)."""
         indices, distances = self.neighbours(x, y, self.k)
+        remoteness = self.neighbours.remoteness(indices, distances)
+        return indices, distances, remoteness, verdict(remoteness)
+
+    def _show_neighbours(self, x, y):
+        indices, distances, remoteness, text = self.nearest_digits(x, y)
         for image, label, i, distance in zip(self.neighbour_images, self.neighbour_labels, indices, distances):
             image.value = _png_bytes(self.pixels[i] / 255)
             label.value = f"<span class='neighbour'>{int(self.labels[i])} <small>d {distance:.2f}</small></span>"
-        remoteness = self.neighbours.remoteness(indices, distances)
-        verdict = "no test digit near here: the decoder invents" if remoteness > FAR else "among test digits"
         self.nearest.value = (
             f"<small>nearest at {distances[0]:.2f}, {remoteness:.1f}x the spacing "
-            f"between those digits' codes: {verdict}</small>"
+            f"between those digits' codes: {text}</small>"
         )
 
     def _on_slider(self, change):
@@ -346,3 +355,50 @@ def explore(run_dir="default_layers/adam_lr5e-4", data: MNIST | None = None, **o
         title=f"{Path(run_dir).parent.name}/{Path(run_dir).name}: click or drag",
         **options,
     )
+
+
+def landmark_points(explorer: LatentExplorer, n_grid=41) -> dict:
+    """Four points of the latent plane that show what a click does, chosen from the test codes:
+    {name: (x, y)} for the dense centre (the median code), the 3s (their median code), the most remote
+    point of a grid over the central half of the codes (a gap between digits), and a point outside all
+    codes (beyond the largest code on both axes by half the codes' range)."""
+    codes, labels = explorer.neighbours.codes, explorer.labels
+    low, high = torch.quantile(codes, 0.25, dim=0), torch.quantile(codes, 0.75, dim=0)
+    xs, ys = torch.linspace(low[0], high[0], n_grid), torch.linspace(low[1], high[1], n_grid)
+    grid = torch.cartesian_prod(xs, ys).tolist()
+    gap = max(grid, key=lambda p: explorer.neighbours.remoteness(*explorer.neighbours(p[0], p[1], explorer.k)))
+    high = codes.max(0).values
+    return {
+        "the dense centre (median code)": tuple(codes.median(0).values.tolist()),
+        "among the 3s (their median code)": tuple(codes[labels == 3].median(0).values.tolist()),
+        "a gap between digits": tuple(gap),
+        "outside all codes": tuple((high + 0.5 * (high - codes.min(0).values)).tolist()),
+    }
+
+
+def plot_decoded_points(explorer: LatentExplorer, points: dict, title="What a click decodes"):
+    """A static copy of what clicks show: for each {name: (x, y)}, a row with the image ``decode_at``
+    returns, the explorer's ``k`` nearest test digits (label, distance) and its verdict."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1.25 * (explorer.k + 1), 1.9 * len(points) + 0.3), dpi=80, layout="constrained")
+    fig.suptitle(title)
+    for subfig, (name, (x, y)) in zip(fig.subfigures(len(points), 1), points.items()):
+        pixels = explorer.decode_at(x, y)
+        indices, distances, remoteness, text = explorer.nearest_digits(x, y)
+        subfig.suptitle(
+            f"{name}, ({x:.2f}, {y:.2f}): nearest test digit at {remoteness:.1f}x their spacing, {text}",
+            fontsize=9,
+            x=0.01,
+            ha="left",
+        )
+        row = subfig.subplots(1, explorer.k + 1)
+        row[0].imshow(pixels, cmap="gray", vmin=0, vmax=1)
+        row[0].set_title("decoded", fontsize=9, weight="bold")
+        for ax, i, distance in zip(row[1:], indices, distances):
+            ax.imshow(explorer.pixels[i], cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"test {int(explorer.labels[i])}, d {distance:.2f}", fontsize=8)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return fig

@@ -5,14 +5,20 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
+from matplotlib.colors import ListedColormap
 
 import ae_helpers as ah
 from ae.runs import PROJECT_ROOT
 from ae_helpers import IMAGE_SIDE, MNIST, Run, decode_to_pixels, encode
 
-DIGIT_CMAP = "tab10"  # ten distinct colours for ten digits
+# Ten colours for ten digits that stay apart under deuteranopia and protanopia (Petroff's sequence);
+# each digit's label is also written at its cluster's centre, so no reading depends on colour alone.
+DIGIT_COLOURS = tuple(matplotlib.color_sequences["petroff10"])
+DIGIT_CMAP = ListedColormap(DIGIT_COLOURS, name="digits")
+SPLIT_COLOURS = {"train": DIGIT_COLOURS[0], "val": DIGIT_COLOURS[1], "test": DIGIT_COLOURS[2]}
 
 
 def tile(images, ncols) -> torch.Tensor:
@@ -49,11 +55,13 @@ def plot_learning_curves(
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4))
     styles = {"train": "-", "val": "--", "test": ":"}
+    names = {"train": "training", "val": "validation", "test": "test"}
     for i, (label, run) in enumerate(runs.items()):
         history = run.history if isinstance(run, Run) else run
-        colour = plt.get_cmap("tab10")(i % 10)
         epochs = np.array(history["epoch"])
         for split in splits:
+            # One run: a colour per split (not only a dash); several runs: a colour per run.
+            colour = SPLIT_COLOURS[split] if len(runs) == 1 else DIGIT_COLOURS[i % 10]
             values = np.array(history[f"{split}_loss"], dtype=float)
             finite = np.isfinite(values)
             ax.plot(
@@ -61,44 +69,60 @@ def plot_learning_curves(
                 values[finite],
                 styles[split],
                 color=colour,
-                label=f"{label} ({split})" if len(splits) > 1 else label,
+                label=f"{label} ({names[split]})" if len(splits) > 1 else label,
             )
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"loss ({units} units)")
+    ax.set_ylabel(f"MSE ({units})")
     if logy:
         ax.set_yscale("log")
     ax.set_title(title or "Learning curves")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the plot, off the data
     ax.figure.tight_layout()
     return ax.figure
 
 
 def plot_latent(codes, labels, title="Test set in the latent plane", ax=None, s=2, seed=0, extent=None):
     """Scatter of 2-D codes coloured by digit, drawn in a random order (seeded) so that no digit is
-    hidden under the digits drawn after it; the legend sits outside the plot. ``extent`` (xmin, xmax,
-    ymin, ymax) sets the view (default: all but the outer 0.2% of codes on each side)."""
+    hidden under the digits drawn after it; each digit's label sits at its median code, the legend
+    outside the plot. ``extent`` (xmin, xmax, ymin, ymax) sets the view (default: all but the outer
+    0.2% of codes on each side); the points outside the view are counted under the x-axis."""
+    import matplotlib.patheffects as effects
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6.6, 5.5))
-    codes, labels = torch.as_tensor(codes).cpu(), torch.as_tensor(labels).cpu()
+    codes, labels = torch.as_tensor(codes).cpu().float(), torch.as_tensor(labels).cpu()
     order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(seed))
-    cmap = plt.get_cmap(DIGIT_CMAP)
-    colours = cmap(labels[order].numpy())
+    colours = DIGIT_CMAP(labels[order].numpy())
     ax.scatter(codes[order, 0], codes[order, 1], s=s, c=colours, rasterized=True)
     xmin, xmax, ymin, ymax = extent or latent_extent(codes, 0.002)  # a few far outliers would squash the rest
     pad_x, pad_y = 0.05 * (xmax - xmin), 0.05 * (ymax - ymin)
-    ax.set_xlim(xmin - pad_x, xmax + pad_x)
-    ax.set_ylim(ymin - pad_y, ymax + pad_y)
-    ax.set_xlabel("latent dimension 1")
+    view = (xmin - pad_x, xmax + pad_x, ymin - pad_y, ymax + pad_y)
+    ax.set_xlim(*view[:2])
+    ax.set_ylim(*view[2:])
+    outline = [effects.withStroke(linewidth=3, foreground="white")]
+    for digit in labels.unique().tolist():
+        x, y = codes[labels == digit].median(0).values.tolist()
+        if view[0] <= x <= view[1] and view[2] <= y <= view[3]:
+            ax.text(x, y, str(digit), fontsize=11, weight="bold", ha="center", va="center", path_effects=outline)
+    outside = points_outside(codes, view)
+    ax.set_xlabel(f"latent dimension 1\n({outside:,} of {len(codes):,} points lie outside this view)")
     ax.set_ylabel("latent dimension 2")
     ax.set_title(title)
-    handles = [Line2D([], [], ls="", marker="o", markersize=5, color=cmap(d), label=str(d)) for d in range(10)]
+    handles = [Line2D([], [], ls="", marker="o", markersize=5, color=DIGIT_CMAP(d), label=str(d)) for d in range(10)]
     ax.legend(handles=handles, title="digit", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.figure.tight_layout()
     return ax.figure
+
+
+def points_outside(codes, view) -> int:
+    """How many 2-D codes fall outside the view (xmin, xmax, ymin, ymax)."""
+    codes = torch.as_tensor(codes)
+    x, y = codes[:, 0], codes[:, 1]
+    inside = (x >= view[0]) & (x <= view[1]) & (y >= view[2]) & (y <= view[3])
+    return int((~inside).sum())
 
 
 def dense_centre(codes, fraction=0.15):
@@ -119,8 +143,14 @@ def plot_latent_centre(codes, labels, title="Test set in the latent plane", frac
     plot_latent(codes, labels, title=title, ax=whole)
     whole.get_legend().remove()
     whole.add_patch(Rectangle((x - r, y - r), 2 * r, 2 * r, fill=False, ec="k", lw=1))
-    plot_latent(codes, labels, ax=zoom, s=4, extent=(x - r, x + r, y - r, y + r))
-    zoom.set_title(f"the centre enlarged: {fraction:.0%} of the codes")
+    plot_latent(
+        codes,
+        labels,
+        title=f"the centre enlarged: {fraction:.0%} of the codes",
+        ax=zoom,
+        s=4,
+        extent=(x - r, x + r, y - r, y + r),
+    )
     fig.tight_layout()
     return fig
 
@@ -140,12 +170,15 @@ def decode_grid(model, extent, n=15, data: MNIST | None = None):
     return tile(decode_to_pixels(model, grid, data), n)
 
 
-def plot_manifold(model, codes, data: MNIST, n=15, title="Decoder over the latent plane"):
-    """Decoded images over a regular grid of the latent plane (the static explorer)."""
+def plot_manifold(model, codes, data: MNIST, n=15, title="Decoder over the latent plane", extent=None, ax=None):
+    """Decoded images over a regular grid of the latent plane (the static explorer). ``extent``
+    (xmin, xmax, ymin, ymax): the part of the plane (default: all but the outer 1% of codes on each side)."""
     import matplotlib.pyplot as plt
 
-    extent = latent_extent(codes)
-    fig, ax = plt.subplots(figsize=(6, 6))
+    extent = extent or latent_extent(codes)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 6))
+    fig = ax.figure
     ax.imshow(decode_grid(model, extent, n, data), cmap="gray", extent=extent, aspect="auto")
     ax.set_xlabel("latent dimension 1")
     ax.set_ylabel("latent dimension 2")
