@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 JOBS ?= 2
 NOTEBOOK := bmi219_autoencoder.ipynb
 
-.PHONY: run test lint format lab results mutants bench data browser venv clean
+.PHONY: run test lint format lab results mutants bench data browser venv clean assignment autograde
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
@@ -49,6 +49,15 @@ results: data
 # mutation/summary.md (killed, survived, timed out per section) and prints it.
 mutants: data
 	$(PY) tools/mutants.py run
+
+# The student handout student/ from the model answer (nbgrader, a dev requirement; docs/teaching.md).
+assignment: venv
+	$(PY) tools/assignment.py generate
+
+# Grade one submitted notebook in quick mode: each task's points, the written answers left to grade by hand.
+autograde: data
+	@test -n "$(SUBMISSION)" || { echo "usage: make autograde SUBMISSION=path/to/notebook.ipynb" >&2; exit 2; }
+	$(PY) tools/autograde.py "$(SUBMISSION)"
 
 bench: data
 	$(PY) benchmarks/bench_training.py
