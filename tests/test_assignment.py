@@ -9,6 +9,8 @@ scores: a check cell that raises gets 0 points.
 import copy
 import functools
 import os
+import subprocess
+import sys
 import types
 
 import assignment
@@ -131,6 +133,22 @@ def test_handout_stubs_raise_what_to_write():
             messages.append(str(raised.value))
             assert function.__name__ in str(raised.value), f"the stub of {function.__name__} does not name it"
         assert messages == list(task.stubs)
+
+
+def test_handout_opened_in_student_folder_runs_from_the_project_root():
+    """JupyterLab starts the kernel in the notebook's folder, student/: the first cell moves it to the root."""
+    setup = cell(handout(), assignment.SETUP_ID).source
+    assert handout().cells[1].id == assignment.SETUP_ID
+    script = setup + "\nimport ae_helpers, ae.runs\nprint(os.getcwd())"
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=assignment.STUDENT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    assert done.stdout.strip() == str(ROOT)
 
 
 def test_grading_refuses_what_is_not_a_submission_with_one_line(tmp_path):

@@ -69,21 +69,22 @@ def grade_ids(nb) -> dict:
     }
 
 
-def compare_with_release(submitted, release) -> list:
+def compare_with_release(submitted, release, source) -> list:
     """Notes on check cells the student changed (nbgrader grades with the originals); a SubmissionError
-    when graded cells are missing."""
-    mine, theirs = grade_ids(submitted), grade_ids(release)
-    missing = [grade_id for grade_id in theirs if grade_id not in mine]
+    when graded cells are missing. A check cell is unchanged when it is the released one, or the source's
+    with its hidden tests (the model answer itself)."""
+    mine, released, original = grade_ids(submitted), grade_ids(release), grade_ids(source)
+    missing = [grade_id for grade_id in released if grade_id not in mine]
     if missing:
         raise SubmissionError(
             f"the submission lacks the graded cells {', '.join(missing)} (deleted, or pasted without their "
             "metadata): copy the answers into a fresh copy of student/bmi219_autoencoder.ipynb and submit that."
         )
-    checks = {task.check_id for task in assignment.TASKS}
+    checks = [task.check_id for task in assignment.TASKS]
     return [
         f"check cell {grade_id} was changed in the submission; it is graded with the original."
-        for grade_id in theirs
-        if grade_id in checks and mine[grade_id].source != theirs[grade_id].source
+        for grade_id in checks
+        if mine[grade_id].source not in (released[grade_id].source, original[grade_id].source)
     ]
 
 
@@ -189,7 +190,8 @@ def grade(submission, course=None):
             return rows, notes, None
     course = Path(course)
     release = assignment.run_generate(course, assignment.read_notebook(assignment.NOTEBOOK))
-    notes = compare_with_release(submitted, assignment.read_notebook(release))  # before the long run
+    source = course / "source" / assignment.ASSIGNMENT / assignment.NOTEBOOK.name
+    notes = compare_with_release(submitted, *map(assignment.read_notebook, (release, source)))  # before the run
     graded = autograde(Path(submission), course)
     return results(course, graded), notes, graded
 
