@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 JOBS ?= 2
 NOTEBOOK := bmi219_autoencoder.ipynb
 
-.PHONY: run test lint format lab results mutants bench data browser venv dev clean
+.PHONY: run test lint format lab results mutants bench data browser venv dev clean assignment autograde
 
 # The runtime (requirements.txt): what the notebook needs. tools/check_python.py stops here, in one line,
 # when $(PYTHON) is older than the pins need.
@@ -58,6 +58,15 @@ results: data
 # mutation/summary.md (killed, survived, timed out per section) and prints it.
 mutants: data dev
 	$(PY) tools/mutants.py run
+
+# The student handout student/ from the model answer (nbgrader, a dev requirement; docs/teaching.md).
+assignment: dev
+	$(PY) tools/assignment.py generate
+
+# Grade one submitted notebook in quick mode: each task's points, the written answers left to grade by hand.
+autograde: data dev
+	@test -n "$(SUBMISSION)" || { echo "usage: make autograde SUBMISSION=path/to/notebook.ipynb" >&2; exit 2; }
+	$(PY) tools/autograde.py "$(SUBMISSION)"
 
 bench: data dev
 	$(PY) benchmarks/bench_training.py
