@@ -17,12 +17,15 @@ Where things are (the map of the project's code):
     ae/explorer.py    the latent explorer: LatentExplorer._on_press (a click), _on_motion (a drag) and
                       _on_slider (the x/y sliders) all call LatentExplorer.decode_at(x, y), which decodes
     ae/analyses.py    the measurements that serve single questions of the notebook (tables, grids, budgets)
+    ae/plumbing.py    what the loop needs and a student need not read: value checks, devices, progress
+                      bars, pixel units, files written whole (this file imports it and re-exports its names)
     ae_cli.py         the command line: fetch MNIST, train one run, train every saved run
     mnist_files.py    fetching and verifying the four MNIST files (SHA-256)
 
-Imports run one way: the package ``ae`` imports this module, never the reverse, so this file can be
-read alone. The notebook imports this module as ``ah`` and the package's modules by name
-(``from ae import runs, figures``): a call then says which concern it belongs to.
+Imports run one way: ``ae.plumbing`` imports nothing of the project, this module imports only it, and
+the rest of the package ``ae`` imports this module, never the reverse. The notebook imports this module
+as ``ah`` and the package's modules by name (``from ae import runs, figures``): a call then says which
+concern it belongs to.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -41,6 +43,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ae.plumbing import (
+    as_uint8,
+    check_choice,
+    check_data,
+    check_layer_sizes,
+    check_non_negative,
+    check_positive,
+    describe,
+    device_name,
+    pixel_values,
+    progress_bar,
+    resolve_device,
+    save_atomically,
+)
 from mnist_files import DataError, fetch_mnist, raw_folder, read_idx  # noqa: F401  (DataError: for callers)
 
 # ----------------------------------------------------------------------------
@@ -166,6 +182,11 @@ def _mlp(sizes, activation):
     return nn.Sequential(*layers)
 
 
+def count_parameters(model) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 # ----------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------
@@ -221,15 +242,9 @@ class RunConfig:
             if f.metadata.get("choices"):
                 check_choice(f.name, getattr(self, f.name), f.metadata["choices"])
         for name in ("lr", "batch_size", "track_every", "input_dim"):
-            _check_positive(name, getattr(self, name), integer=name != "lr")
-        for name in ("epochs", "seed", "val_size", "train_subset"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
-        for name in ("weight_decay", "momentum"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+            check_positive(name, getattr(self, name), integer=name != "lr")
+        for name in ("epochs", "seed", "val_size", "train_subset", "weight_decay", "momentum"):
+            check_non_negative(name, getattr(self, name), integer=name not in ("weight_decay", "momentum"))
         if self.optimizer == "rprop" and self.weight_decay:
             raise ValueError("weight_decay must be 0 with rprop (PyTorch's Rprop has none); use adamw for decay.")
         if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 <= self.ema < 1:
@@ -403,42 +418,6 @@ def batched_no_grad(fn, images, batch_size=10000) -> list:
 # ----------------------------------------------------------------------------
 
 
-def resolve_device(device="auto") -> torch.device:
-    """'auto' -> CUDA, then Apple's MPS, then CPU. A device that does not exist is a ValueError."""
-    mps = _mps_available()
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; choose 'auto', 'cpu', 'cuda' or 'mps'.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available here; use 'cpu' or 'auto'.")
-    if dev.type == "mps" and not mps:
-        raise ValueError(f"device {device!r} requested but MPS is not available here; use 'cpu' or 'auto'.")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device {device!r} is not supported; choose 'auto', 'cpu', 'cuda' or 'mps'.")
-    return dev
-
-
-def _mps_available() -> bool:
-    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-
-
-def check_data(config: RunConfig, data: MNIST) -> None:
-    """ValueError unless ``data`` is what ``config`` trains on: normalized or not, images of input_dim values."""
-    if config.normalize != data.normalized:
-        raise ValueError(
-            f"config.normalize={config.normalize} but the data {'is' if data.normalized else 'is not'} "
-            "normalized; load it with load_mnist(normalize=config.normalize)."
-        )
-    width = data.train_images.shape[1]
-    if config.input_dim != width:
-        raise ValueError(
-            f"config.input_dim={config.input_dim} but the images have {width} values each; set input_dim={width}."
-        )
-
-
 def split_indices(n=60000, val_size=5000, seed=2024):
     """Fixed train/validation split of range(n): (train_idx, val_idx), each sorted.
 
@@ -534,6 +513,12 @@ class WeightAverage:
         with torch.no_grad():
             torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - self.decay)
 
+    def state_dict(self) -> dict:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state)
+
 
 @dataclass
 class Best:
@@ -610,29 +595,20 @@ class TrainingState:
             "samples_per_second": round(n_train * epochs_here / train_seconds) if train_seconds else None,
         }
 
+    PARTS = ("model", "optimizer", "scheduler", "average")  # objects with state_dict (None when off)
+
     def state_dict(self) -> dict:
-        return {
-            "epoch": self.epoch,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "average": self.average.model.state_dict() if self.average else None,
-            "history": self.history,
-            "tracking": dataclasses.asdict(self.tracking),
-            "best": dataclasses.asdict(self.best),
-        }
+        parts = {name: getattr(self, name) for name in self.PARTS}
+        state = {name: part.state_dict() if part else None for name, part in parts.items()}
+        records = {"tracking": dataclasses.asdict(self.tracking), "best": dataclasses.asdict(self.best)}
+        return {**state, **records, "epoch": self.epoch, "history": self.history}
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler:
-            self.scheduler.load_state_dict(state["scheduler"])
-        if self.average:
-            self.average.model.load_state_dict(state["average"])
-        self.history = state["history"]
-        self.tracking = Tracking(**state["tracking"])
-        self.best = Best(**state["best"])
-        self.epoch = state["epoch"]
+        for name in self.PARTS:
+            if getattr(self, name):
+                getattr(self, name).load_state_dict(state[name])
+        self.history, self.epoch = state["history"], state["epoch"]
+        self.tracking, self.best = Tracking(**state["tracking"]), Best(**state["best"])
 
 
 def new_training_state(config: RunConfig, splits: Splits, data: MNIST, device) -> TrainingState:
@@ -709,100 +685,14 @@ def _warn_diverged(epoch, loss, best_epoch):
     )
 
 
-def describe(config: RunConfig) -> str:
-    """A run in one line, for its progress bar: sizes, activation, optimizer, rate, batch size."""
-    sizes = "-".join(map(str, config.layer_sizes))
-    return f"{sizes} {config.activation} {config.optimizer} lr={config.lr:g} bs={config.batch_size}"
-
-
-def progress_bar(iterable, show, desc, unit="epoch"):
-    """``iterable`` with a progress bar counting ``unit``s when ``show``, else ``iterable`` itself."""
-    if not show:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, unit=unit, leave=True)
-
-
-def save_atomically(obj, path) -> None:
-    """torch.save to a temporary name, then rename: a reader never sees a half-written file."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def atomic_write(path, write) -> None:
-    """Call write(tmp_path), then rename onto ``path`` (a crash leaves the old file, never half a new one)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def device_name(device) -> str:
-    """What a run's metrics record as its device: the GPU's name, Apple's MPS, or the CPU threads."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "mps":
-        return "mps (Apple GPU)"
-    return f"cpu ({torch.get_num_threads()} threads)"
-
-
 # ----------------------------------------------------------------------------
-# Small helpers: checks, units, shapes
+# Codes: images to 2-D codes and back (the latent plane, the explorer)
 # ----------------------------------------------------------------------------
-
-
-def check_choice(name, value, choices):
-    """``value`` if it is one of ``choices``, else a ValueError naming the field and every choice."""
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}.")
-    return value
-
-
-def check_layer_sizes(layer_sizes) -> tuple:
-    """``layer_sizes`` as a tuple of ints, or a ValueError that shows a valid example."""
-    sizes = tuple(layer_sizes) if isinstance(layer_sizes, (list, tuple)) else None
-    if not sizes or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in sizes):
-        raise ValueError(
-            f"layer_sizes must be a non-empty list of positive integers such as (1000, 500, 250, 2), "
-            f"got {layer_sizes!r}."
-        )
-    return tuple(int(s) for s in sizes)
-
-
-def _check_positive(name, value, integer):
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or not value > 0 or not math.isfinite(value):
-        raise ValueError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}.")
-
-
-def count_parameters(model) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def model_device(model) -> torch.device:
     """The device a model's weights are on (inputs must go there)."""
     return next(model.parameters()).device
-
-
-def pixel_values(images, data: MNIST | None = None) -> torch.Tensor:
-    """Images in the units of ``data`` -> pixel units, clipped to [0, 1] (None: already pixel units)."""
-    return (data.to_pixels(images) if data is not None else images).clamp(0, 1)
-
-
-def as_uint8(pixels) -> torch.Tensor:
-    """Pixel values in [0, 1] -> uint8 0-255, rounded (how images are stored and shown)."""
-    return (pixels * 255).round().to(torch.uint8)
-
-
-# ----------------------------------------------------------------------------
-# Codes: images to 2-D codes and back (the latent plane, the explorer)
-# ----------------------------------------------------------------------------
 
 
 def encode(model, images, batch_size=10000) -> torch.Tensor:

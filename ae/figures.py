@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from matplotlib.colors import ListedColormap
 
-import ae_helpers as ah
+from ae.plumbing import atomic_write
 from ae.runs import PROJECT_ROOT
 from ae_helpers import IMAGE_SIDE, MNIST, Run, decode_to_pixels, encode
 
@@ -209,7 +209,7 @@ def _save_figure(fig, path, dpi=80):
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ah.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     plt.close(fig)
 
 
@@ -226,7 +226,7 @@ def draw_run_figures(run: Run, data: MNIST) -> None:
             folder.mkdir(exist_ok=True)
             for epoch, row in zip(run.tracking["epochs"], run.tracking[split]):
                 strip = tile(torch.cat([run.tracking[f"{split}_originals"], row]), len(row)).numpy()
-                ah.atomic_write(
+                atomic_write(
                     folder / f"epoch_{epoch:03d}.png",
                     lambda tmp, strip=strip: plt.imsave(tmp, strip, cmap="gray", vmin=0, vmax=255, format="png"),
                 )

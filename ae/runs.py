@@ -16,6 +16,7 @@ from torch import nn
 
 import ae_helpers as ah
 from ae.metrics import measure_run
+from ae.plumbing import atomic_write, save_atomically
 
 PROJECT_ROOT = Path(ah.__file__).resolve().parent
 
@@ -52,7 +53,7 @@ def open_run_folder(run_dir, config: ah.RunConfig, remove_checkpoint=False) -> P
 
 def write_text(path, text) -> None:
     """Write ``text`` to ``path`` atomically: a reader sees the old file or the new one, never half of it."""
-    ah.atomic_write(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json(path, obj, **options) -> None:
@@ -70,9 +71,9 @@ def save_run(run: ah.Run) -> None:
         rows.append(",".join(str(v) for v in values))
     write_text(d / "history.csv", "\n".join(rows) + "\n")
     if run.model is not None:
-        ah.save_atomically({k: v.cpu() for k, v in run.model.state_dict().items()}, d / "model.pt")
+        save_atomically({k: v.cpu() for k, v in run.model.state_dict().items()}, d / "model.pt")
     if run.tracking is not None:
-        ah.save_atomically(run.tracking, d / "tracking.pt")
+        save_atomically(run.tracking, d / "tracking.pt")
     write_json(d / "metrics.json", run.metrics)
 
 

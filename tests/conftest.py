@@ -15,13 +15,14 @@ import pytest  # noqa: E402
 matplotlib.use("Agg")
 
 import ae_helpers as ah  # noqa: E402
+from ae import plumbing  # noqa: E402
 from support import ROOT  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _no_apple_gpu(monkeypatch):
     """The same for Apple's MPS, which no environment variable hides: "auto" means the CPU in tests."""
-    monkeypatch.setattr(ah, "_mps_available", lambda: False)
+    monkeypatch.setattr(plumbing, "_mps_available", lambda: False)
 
 
 @pytest.fixture(scope="session")

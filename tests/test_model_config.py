@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ae_helpers as ah
-from ae import analyses, runs
+from ae import analyses, plumbing, runs
 from support import ROOT
 
 
@@ -167,7 +167,7 @@ def test_devices():
             ah.resolve_device("cuda")
 
 
-MPS_AVAILABLE = ah._mps_available  # the real one: conftest replaces it in every test ("auto" means the CPU)
+MPS_AVAILABLE = plumbing._mps_available  # the real one: conftest replaces it in every test ("auto" means the CPU)
 
 
 def test_apple_mps_is_asked_of_torch_and_an_old_torch_without_it_means_none(monkeypatch):
@@ -256,7 +256,7 @@ def test_device_names_say_which_device_ran(monkeypatch):
 @pytest.mark.parametrize("cuda, mps, auto", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
 def test_auto_means_cuda_then_mps_then_the_cpu_and_each_is_refused_where_missing(monkeypatch, cuda, mps, auto):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(ah, "_mps_available", lambda: mps)
+    monkeypatch.setattr(plumbing, "_mps_available", lambda: mps)
     assert ah.resolve_device() == ah.resolve_device("auto") == torch.device(auto)
     for name, present in (("cuda", cuda), ("mps", mps)):
         if present:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ae_helpers as ah
-from ae import runs
+from ae import plumbing, runs
 from support import ROOT, copy_finished_run
 
 RUN = ROOT / "default_layers/adam_lr5e-4"
@@ -24,7 +24,7 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_temporary_one(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        ah.atomic_write(path, half_then_crash)
+        plumbing.atomic_write(path, half_then_crash)
     assert json.loads(path.read_text()) == {"test_mse": 0.3}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
