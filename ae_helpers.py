@@ -15,7 +15,7 @@ Where things are (the map of the project's code):
     ae/metrics.py     measurements: MSE in both units, k-NN accuracy, silhouette, the PCA-2 baseline
     ae/figures.py     plots: images, learning curves, the latent plane, the decoder's manifold
     ae/explorer.py    the latent explorer: LatentExplorer._on_press (a click), _on_motion (a drag) and
-                      _on_slider (the x/y sliders) all call LatentExplorer.decode_at(x, y), which decodes
+                      _on_slider (the x/y sliders) all decode through _decode_point -> decode_at(x, y)
     ae/analyses.py    the measurements that serve single questions of the notebook (tables, grids, budgets)
     ae/plumbing.py    what the loop needs and a student need not read: value checks, devices, progress
                       bars, pixel units, files written whole (this file imports it and re-exports its names)
